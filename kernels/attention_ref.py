@@ -1,0 +1,105 @@
+"""Torch reference for paged attention: the semantics every attention kernel must match.
+
+Cache layout (one pair per layer): ``k_cache`` and ``v_cache`` are
+``[num_blocks, block_size, num_kv_heads, head_dim]``. Token ``t`` of a sequence
+lives in block ``block_tables[b, t // block_size]`` at offset ``t % block_size``;
+its flat slot is ``block * block_size + offset``.
+
+These functions are also the engine's portable attention backend (CPU, or any
+device without Triton), so they are vectorised over the batch rather than looping.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def store_kv_ref(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Write key/value ``[N, Hkv, D]`` into the cache slots; slots < 0 are padding and skipped."""
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    valid = slot_mapping >= 0
+    slots = slot_mapping[valid].long()
+    k_cache.view(-1, num_kv_heads, head_dim)[slots] = key[valid].to(k_cache.dtype)
+    v_cache.view(-1, num_kv_heads, head_dim)[slots] = value[valid].to(v_cache.dtype)
+
+
+def gather_kv(cache: torch.Tensor, block_tables: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Materialise ``[B, max_len, Hkv, D]`` from the paged cache (entries past a sequence's end are junk)."""
+    block_size = cache.shape[1]
+    num_blocks = (max_len + block_size - 1) // block_size
+    table = block_tables[:, :num_blocks].long().clamp(min=0)
+    gathered = cache[table]  # [B, nb, bs, Hkv, D]
+    batch = gathered.shape[0]
+    return gathered.reshape(batch, num_blocks * block_size, *cache.shape[2:])[:, :max_len]
+
+
+def paged_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of variable-length query chunks over their paged context.
+
+    ``q`` is ``[N, Hq, D]``: sequence ``b`` owns rows ``cu_seqlens_q[b]:cu_seqlens_q[b+1]``,
+    which are the *last* ``q_len`` tokens of its context of ``context_lens[b]`` tokens.
+    Their K/V must already be in the cache. Returns ``[N, Hq, D]`` in q's dtype.
+    """
+    device = q.device
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    batch = context_lens.shape[0]
+    cu = cu_seqlens_q.long()
+    q_lens = cu[1:] - cu[:-1]
+    ctx = context_lens.long()
+    max_q = int(q_lens.max())
+    max_k = int(ctx.max())
+
+    # Scatter q into a padded [B, max_q, Hq, D] layout.
+    seq_of_token = torch.repeat_interleave(torch.arange(batch, device=device), q_lens)
+    idx_in_seq = torch.arange(num_tokens, device=device) - cu[:-1][seq_of_token]
+    q_pad = q.new_zeros(batch, max_q, num_heads, head_dim)
+    q_pad[seq_of_token, idx_in_seq] = q
+
+    k = gather_kv(k_cache, block_tables, max_k).to(q.dtype)
+    v = gather_kv(v_cache, block_tables, max_k).to(q.dtype)
+    group = num_heads // num_kv_heads
+    if group > 1:
+        k = k.repeat_interleave(group, dim=2)
+        v = v.repeat_interleave(group, dim=2)
+
+    # Query i of sequence b sits at position ctx_b - q_len_b + i and sees keys 0..that position.
+    q_pos = (ctx - q_lens)[:, None] + torch.arange(max_q, device=device)[None, :]
+    k_pos = torch.arange(max_k, device=device)
+    mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < ctx[:, None, None])
+
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q_pad.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        attn_mask=mask[:, None],
+        scale=scale,
+    )  # [B, Hq, max_q, D]
+    return out.transpose(1, 2)[seq_of_token, idx_in_seq]
+
+
+def decode_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """One query token per sequence (``q`` is ``[B, Hq, D]``) over its whole paged context."""
+    cu = torch.arange(q.shape[0] + 1, device=q.device, dtype=torch.int32)
+    return paged_attention_ref(q, k_cache, v_cache, block_tables, cu, context_lens, scale)
