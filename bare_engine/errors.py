@@ -24,7 +24,11 @@ class InvalidSamplingParamsError(BareEngineError, ValueError):
     """A SamplingParams value is out of range."""
 
 
-class PromptTooLongError(BareEngineError, ValueError):
+class InvalidRequestError(BareEngineError, ValueError):
+    """A request is malformed: empty prompt, unknown model, token ids out of range, duplicate id."""
+
+
+class PromptTooLongError(InvalidRequestError):
     """A prompt (plus max_tokens) does not fit the model's context."""
 
 

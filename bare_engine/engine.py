@@ -1,0 +1,292 @@
+"""The step-wise engine: named models, one scheduler, shared KV pools.
+
+Models whose KV cache has the same shape and dtype share one block pool, so a block
+freed by one can serve the other; otherwise the KV budget is split between pools by
+``kv_split_ratio``. Each ``step()`` runs one forward pass of one model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bare_engine.attention import select_backend
+from bare_engine.block_manager import BlockManager
+from bare_engine.config import EngineConfig, ModelConfig, load_model_config
+from bare_engine.errors import ConfigError, InvalidRequestError, KVCacheTooSmallError, PromptTooLongError
+from bare_engine.model_policy import InterleavePolicy
+from bare_engine.model_runner import ModelRunner, ModelStats
+from bare_engine.outputs import CompletionOutput, RequestOutput
+from bare_engine.sampler import Sampled
+from bare_engine.sampling_params import SamplingParams
+from bare_engine.scheduler import Scheduler
+from bare_engine.sequence import Sequence
+from bare_engine.tokenizer import Detokenizer, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+CPU_KV_BYTES = 2 << 30  # default KV budget on CPU when num_kv_blocks is not given
+GPU_ACTIVATION_RESERVE = 1 << 30
+SEED_MASK = (1 << 63) - 1
+
+
+@dataclass
+class _Request:
+    request_id: str
+    model: str
+    prompt_token_ids: list[int]
+    seqs: list[Sequence]
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        models: str | Path | dict[str, str | Path],
+        config: EngineConfig | None = None,
+        policy=None,
+    ):
+        self.config = config or EngineConfig()
+        if not isinstance(models, dict):
+            models = {DEFAULT_MODEL: models}
+        if not models:
+            raise ConfigError("no model given")
+        self.device = self.config.resolve_device()
+        self.dtype = self.config.resolve_dtype(self.device)
+        model_configs = {name: load_model_config(path) for name, path in models.items()}
+        self.max_model_len = {name: self._max_model_len(c) for name, c in model_configs.items()}
+        self.tokenizers = {name: load_tokenizer(c.path) for name, c in model_configs.items()}
+        self.backend = select_backend(self.config.attention_backend, self.device)
+        self.runners = {
+            name: ModelRunner(
+                name, c, c.path, self.device, self.dtype, self.max_model_len[name],
+                self.config.max_num_seqs, self.backend,
+            )
+            for name, c in model_configs.items()
+        }
+        self.eos_ids = {name: self._eos_ids(c, self.tokenizers[name]) for name, c in model_configs.items()}
+        pools = self._allocate_pools(model_configs)
+        self.scheduler = Scheduler(pools, self.config.max_num_seqs, self.config.max_num_batched_tokens)
+        self.scheduler.on_release = lambda seq: self.runners[seq.model].sampler.release(seq)
+        drain = "instruct" if "instruct" in models else None
+        self.policy = policy or InterleavePolicy(drain_model=drain)
+        self.requests: dict[str, _Request] = {}
+        self._rng = random.Random(self.config.seed)
+        self._seq_ids = itertools.count()
+        self._arrivals = itertools.count()
+
+    # ----- set-up -----------------------------------------------------------------------
+
+    def _max_model_len(self, model: ModelConfig) -> int:
+        limit = model.max_position_embeddings
+        wanted = self.config.max_model_len or limit
+        if wanted > limit:
+            raise ConfigError(f"max_model_len {wanted} exceeds {model.path.name}'s context of {limit} tokens")
+        return wanted
+
+    @staticmethod
+    def _eos_ids(model: ModelConfig, tokenizer) -> set[int]:
+        ids = set(model.eos_token_ids)
+        if tokenizer.eos_token_id is not None:
+            ids.add(tokenizer.eos_token_id)
+        return ids
+
+    def _allocate_pools(self, model_configs: dict[str, ModelConfig]) -> dict[str, BlockManager]:
+        groups: dict[tuple, list[str]] = {}
+        for name, c in model_configs.items():
+            groups.setdefault(c.kv_shape, []).append(name)
+        bs = self.config.block_size
+        block_bytes = {shape: 2 * shape[0] * bs * shape[1] * shape[2] * self.dtype.itemsize for shape in groups}
+        num_blocks = self._pool_sizes(groups, block_bytes)
+        pools: dict[str, BlockManager] = {}
+        for (shape, names), blocks in zip(groups.items(), num_blocks):
+            need = max(-(-self.max_model_len[n] // bs) for n in names)
+            if blocks < need:
+                raise KVCacheTooSmallError(
+                    f"KV cache of {blocks} blocks x {bs} tokens cannot hold one sequence of "
+                    f"max_model_len {need * bs} tokens for {', '.join(names)}; raise num_kv_blocks to at least "
+                    f"{need} (or lower max_model_len)"
+                )
+            layers, kv_heads, head_dim = shape
+            caches = [
+                tuple(torch.zeros(blocks, bs, kv_heads, head_dim, dtype=self.dtype, device=self.device) for _ in range(2))
+                for _ in range(layers)
+            ]
+            manager = BlockManager(blocks, bs, self.config.enable_prefix_caching)
+            for name in names:
+                self.runners[name].bind_cache(caches, bs)
+                pools[name] = manager
+            logger.info("KV pool for %s: %d blocks of %d tokens", ", ".join(names), blocks, bs)
+        return pools
+
+    def _pool_sizes(self, groups: dict[tuple, list[str]], block_bytes: dict[tuple, int]) -> list[int]:
+        shares = [1.0] if len(groups) == 1 else (
+            [self.config.kv_split_ratio] + [(1 - self.config.kv_split_ratio) / (len(groups) - 1)] * (len(groups) - 1)
+        )
+        if self.config.num_kv_blocks is not None:
+            return [max(1, int(self.config.num_kv_blocks * s)) for s in shares]
+        budget = self._kv_budget_bytes(groups)
+        return [int(budget * s // block_bytes[shape]) for s, shape in zip(shares, groups)]
+
+    def _kv_budget_bytes(self, groups: dict[tuple, list[str]]) -> int:
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            return max(0, int(free - total * (1 - self.config.gpu_memory_utilization) - GPU_ACTIVATION_RESERVE))
+        # CPU: enough for max_num_seqs full-length sequences of every model, capped.
+        bs = self.config.block_size
+        need = 0
+        for shape, names in groups.items():
+            per_token = 2 * shape[0] * shape[1] * shape[2] * self.dtype.itemsize
+            tokens = sum(self.config.max_num_seqs * (-(-self.max_model_len[n] // bs) * bs) for n in names)
+            need += per_token * tokens
+        return min(need, CPU_KV_BYTES)
+
+    # ----- requests ---------------------------------------------------------------------
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self.runners)
+
+    @property
+    def stats(self) -> dict[str, ModelStats]:
+        return {name: r.stats for name, r in self.runners.items()}
+
+    def tokenizer(self, model: str | None = None):
+        return self.tokenizers[self._model_name(model)]
+
+    def _model_name(self, model: str | None) -> str:
+        if model is None:
+            if len(self.runners) != 1:
+                raise InvalidRequestError(f"several models are loaded ({', '.join(self.runners)}): name one")
+            return next(iter(self.runners))
+        if model not in self.runners:
+            raise InvalidRequestError(f"unknown model {model!r}; loaded: {', '.join(self.runners)}")
+        return model
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        model: str | None = None,
+    ) -> None:
+        model = self._model_name(model)
+        params = params or SamplingParams()
+        params.validate()
+        if request_id in self.requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        token_ids = self._tokenize(model, prompt)
+        base_seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
+        arrival = next(self._arrivals)
+        seqs = []
+        for i in range(params.n):
+            seq = Sequence(next(self._seq_ids), request_id, i, model, token_ids, params, _sample_seed(base_seed, i), arrival)
+            seq.detok = Detokenizer(self.tokenizers[model], params.stop_strings, params.skip_special_tokens)
+            seqs.append(seq)
+            self.scheduler.add(seq)
+        self.requests[request_id] = _Request(request_id, model, token_ids, seqs)
+
+    def _tokenize(self, model: str, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            token_ids = self.tokenizers[model](prompt).input_ids
+        else:
+            token_ids = list(prompt)
+        if not token_ids:
+            raise InvalidRequestError("empty prompt")
+        vocab = self.runners[model].config.vocab_size
+        bad = next((t for t in token_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequestError(f"prompt token id {bad!r} is outside the vocabulary of {model} (size {vocab})")
+        limit = self.max_model_len[model]
+        if len(token_ids) >= limit:
+            raise PromptTooLongError(
+                f"prompt of {len(token_ids)} tokens does not fit {model}'s context of {limit} tokens "
+                "(at least one token must be generated)"
+            )
+        return token_ids
+
+    def abort_request(self, request_id: str) -> None:
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return
+        for seq in request.seqs:
+            if not seq.is_finished:
+                self.scheduler.finish(seq)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    def num_unfinished_requests(self, model: str | None = None) -> int:
+        return sum(1 for r in self.requests.values() if model is None or r.model == model)
+
+    # ----- the loop ---------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one forward pass of one model; return the requests that finished in it."""
+        for model in self.policy.order(self.scheduler):
+            batch = self.scheduler.schedule(model)
+            if batch:
+                break
+        else:
+            if self.requests:
+                raise RuntimeError("scheduler made no progress with requests pending (engine bug)")
+            return []
+        self.policy.stepped(model)
+        sampled = self.runners[model].run(batch)
+        self.scheduler.after_step(batch)
+        finished_requests = []
+        for seq in batch.seqs:
+            if seq.seq_id in sampled and self._append(seq, sampled[seq.seq_id]):
+                self.scheduler.finish(seq)
+                request = self.requests[seq.request_id]
+                if all(s.is_finished for s in request.seqs):
+                    finished_requests.append(self._output(self.requests.pop(seq.request_id)))
+        return finished_requests
+
+    def _append(self, seq: Sequence, sampled: Sampled) -> bool:
+        """Add the sampled token; return True when the sequence is finished."""
+        token = sampled.token_id
+        seq.token_ids.append(token)
+        if sampled.logprobs is not None and seq.logprobs is not None:
+            seq.logprobs.append(sampled.logprobs)
+            seq.cumulative_logprob += sampled.logprobs[token]
+        params = seq.params
+        if not params.ignore_eos and token in self.eos_ids[seq.model]:
+            seq.finish_reason = "stop"
+        elif token in params.stop_token_ids:
+            seq.finish_reason, seq.stop_reason = "stop", token
+        elif (stop := seq.detok.add(token)) is not None:
+            seq.finish_reason, seq.stop_reason = "stop", stop
+        elif params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
+            seq.finish_reason = "length"
+        elif len(seq) >= self.max_model_len[seq.model]:
+            seq.finish_reason = "length"
+        return seq.finish_reason is not None
+
+    def _output(self, request: _Request) -> RequestOutput:
+        outputs = []
+        for seq in request.seqs:
+            # EOS and stop tokens never reach the detokenizer, so they are not part of the text.
+            stop = seq.stop_reason if isinstance(seq.stop_reason, str) else None
+            outputs.append(
+                CompletionOutput(
+                    index=seq.index,
+                    token_ids=seq.output_token_ids,
+                    text=seq.detok.final_text(stop, seq.params.include_stop_str_in_output),
+                    finish_reason=seq.finish_reason or "abort",
+                    stop_reason=seq.stop_reason,
+                    logprobs=seq.logprobs,
+                    cumulative_logprob=seq.cumulative_logprob if seq.logprobs is not None else None,
+                )
+            )
+        return RequestOutput(request.request_id, request.model, request.prompt_token_ids, outputs)
+
+
+def _sample_seed(seed: int, index: int) -> int:
+    """Seed of the request's ``index``-th sample: sample 0 uses the request's seed itself."""
+    return (seed ^ (index * 0x9E3779B97F4A7C15)) & SEED_MASK

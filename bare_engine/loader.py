@@ -1,0 +1,101 @@
+"""Load a Hugging Face safetensors checkpoint straight into the engine's modules.
+
+Tensors are read one at a time (single file or sharded with an index), renamed to
+the engine's fused modules, cast and copied into place. Every parameter must be
+written exactly once and every checkpoint tensor must land somewhere.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from bare_engine.config import read_json
+from bare_engine.errors import CheckpointError
+from bare_engine.model import CausalLM
+
+# Tensors some checkpoints carry that the engine recomputes or does not need.
+IGNORED = re.compile(r"(rotary_emb\.inv_freq|\.rotary_emb\.)")
+
+TensorHook = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index, "safetensors index").get("weight_map", {})
+        names = sorted(set(weight_map.values()))
+        missing = [n for n in names if not (model_dir / n).is_file()]
+        if missing:
+            raise CheckpointError(f"shard {missing[0]} listed in {index.name} is missing from {model_dir}")
+        return [model_dir / n for n in names]
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"no .safetensors weights in {model_dir}")
+    return files
+
+
+def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        except SafetensorError as exc:
+            raise CheckpointError(f"corrupt or truncated safetensors file {path.name}: {exc}") from None
+        except (OSError, RuntimeError) as exc:
+            raise CheckpointError(f"cannot read safetensors file {path.name}: {exc}") from None
+
+
+def load_weights(model: CausalLM, model_dir: Path, hook: TensorHook | None = None) -> None:
+    """Fill ``model``'s parameters from the checkpoint in ``model_dir``; ``hook`` may rewrite each tensor (LoRA merge)."""
+    params = dict(model.named_parameters())
+    # Track which rows of each parameter were written, so partial fused weights are caught.
+    pending = {name: len(model.shard_sizes(name.split(".")[-2])) if _is_fused(name) else 1 for name in params}
+    tied = model.config.tie_word_embeddings
+
+    for hf_name, tensor in iter_tensors(checkpoint_files(model_dir)):
+        if IGNORED.search(hf_name) or (tied and hf_name == "lm_head.weight"):
+            continue
+        if hook is not None:
+            tensor = hook(hf_name, tensor)
+        name, shard = _engine_name(model, hf_name)
+        if name not in params:
+            raise CheckpointError(f"unexpected tensor {hf_name!r} in checkpoint (no such parameter in {model.config.architecture})")
+        param = params[name]
+        target = param.data if shard is None else _shard_view(model, name, param.data, shard)
+        if tuple(target.shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"tensor {hf_name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}"
+            )
+        target.copy_(tensor.to(dtype=target.dtype))
+        pending[name] -= 1
+
+    missing = [n for n, left in pending.items() if left > 0]
+    if missing:
+        raise CheckpointError(f"checkpoint {model_dir} is missing tensor(s) for {', '.join(missing[:5])}")
+
+
+def _is_fused(name: str) -> bool:
+    return name.split(".")[-2] in ("qkv_proj", "gate_up_proj")
+
+
+def _engine_name(model: CausalLM, hf_name: str) -> tuple[str, int | None]:
+    parts = hf_name.split(".")
+    if len(parts) >= 2 and parts[-2] in model.packed_modules:
+        fused, shard = model.packed_modules[parts[-2]]
+        return ".".join(parts[:-2] + [fused, parts[-1]]), shard
+    return hf_name, None
+
+
+def _shard_view(model: CausalLM, name: str, data: torch.Tensor, shard: int) -> torch.Tensor:
+    sizes = model.shard_sizes(name.split(".")[-2])
+    start = sum(sizes[:shard])
+    return data.narrow(0, start, sizes[shard])

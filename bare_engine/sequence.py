@@ -1,0 +1,64 @@
+"""A sequence: one sample of a request, from waiting through running to finished."""
+
+from __future__ import annotations
+
+from enum import Enum, auto
+
+from bare_engine.sampling_params import SamplingParams
+
+
+class SequenceStatus(Enum):
+    WAITING = auto()
+    RUNNING = auto()
+    FINISHED = auto()
+
+
+class Sequence:
+    def __init__(
+        self,
+        seq_id: int,
+        request_id: str,
+        index: int,
+        model: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        seed: int,
+        arrival: int,
+    ):
+        self.seq_id = seq_id
+        self.request_id = request_id
+        self.index = index  # which of the request's n samples
+        self.model = model
+        self.token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.params = params
+        self.seed = seed
+        self.arrival = arrival  # admission order: lower runs first, kept across preemption
+        self.status = SequenceStatus.WAITING
+        self.block_table: list[int] = []
+        self.num_computed_tokens = 0  # tokens whose K/V are in the cache
+        self.sampler_row: int | None = None  # row in the model's penalty state while running
+        self.finish_reason: str | None = None
+        self.stop_reason: str | int | None = None
+        self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
+        self.cumulative_logprob = 0.0
+        self.detok = None  # incremental detokenizer state, set by the engine
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == SequenceStatus.FINISHED
