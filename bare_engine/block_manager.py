@@ -31,6 +31,7 @@ class BlockManager:
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free_blocks: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
         self.cached: dict[int, int] = {}  # block hash -> block id
+        self.num_hit_blocks = 0  # prefix-cache hits so far, for stats and tests
 
     @property
     def num_blocks(self) -> int:
@@ -76,6 +77,7 @@ class BlockManager:
             block.ref_count += 1
             seq.block_table.append(block_id)
         seq.num_computed_tokens = len(hits) * self.block_size
+        self.num_hit_blocks += len(hits)
 
     def can_grow(self, seq: Sequence, num_tokens: int) -> bool:
         return self.blocks_for(num_tokens) - len(seq.block_table) <= self.num_free_blocks

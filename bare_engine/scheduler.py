@@ -58,8 +58,10 @@ class Scheduler:
 
     def schedule(self, model: str) -> ScheduledBatch:
         batch = ScheduledBatch(model)
+        preemptions = self.num_preemptions
         budget = self._schedule_running(model, batch)
-        self._admit_waiting(model, batch, budget)
+        if self.num_preemptions == preemptions:  # memory is short: admit nothing new this step
+            self._admit_waiting(model, batch, budget)
         return batch
 
     def _schedule_running(self, model: str, batch: ScheduledBatch) -> int:

@@ -1,0 +1,92 @@
+"""Reading pipeline JSONL and choosing which text of a record is evaluated or exported.
+
+A pipeline record holds stage objects, e.g.
+  {"id": ..., "base": {"raw": "...", "fields": {"question": ..., "answer": ...}},
+   "refined": {"raw": "...", "fields": {...}}}
+`record_fields` is the one place that knows this layout.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bare_engine.errors import ConfigError
+
+STAGES = ("refined", "base")  # the final example: refined if parsed, else base
+_FLAT_SKIP = {"id"}
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """All records of a JSONL file; ConfigError on a missing or empty file or a bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    records = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise ConfigError(f"{path}:{lineno}: a record must be a JSON object")
+            records.append(record)
+    if not records:
+        raise ConfigError(f"{path}: file has no records")
+    return records
+
+
+def record_fields(record: dict, field: str | None = None) -> dict[str, str] | None:
+    """The selected text of one record as {name: text}; None when the record lacks it.
+
+    field None: the final example (refined fields, else base fields, else a flat record's
+    string values or a chat record's messages). Otherwise a dotted path into the record
+    ("refined", "base.raw", "meta.text"); a stage object yields its parsed fields.
+    """
+    if field is None:
+        for stage in STAGES:
+            fields = _as_fields(record.get(stage))
+            if fields:
+                return fields
+        if isinstance(record.get("messages"), list):
+            return {m.get("role", str(i)): str(m.get("content", "")) for i, m in enumerate(record["messages"])}
+        flat = {k: v for k, v in record.items() if isinstance(v, str) and k not in _FLAT_SKIP}
+        return _as_fields(flat)
+    value = record
+    for key in field.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return _as_fields(value, name=field.rsplit(".", 1)[-1])
+
+
+def _as_fields(value, name: str = "text") -> dict[str, str] | None:
+    if isinstance(value, dict) and "fields" in value:
+        value = value["fields"]  # a stage object
+    if value is None or value == {} or value == "":
+        return None
+    if isinstance(value, dict):
+        return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+    return {name: value if isinstance(value, str) else json.dumps(value)}
+
+
+def fields_text(fields: dict[str, str]) -> str:
+    """One record as one text (the field values in order, without their names)."""
+    return "\n".join(fields.values())
+
+
+def select_fields(records: list[dict], field: str | None, source: str) -> tuple[list[dict[str, str]], int]:
+    """The selected fields of every record that has them, and how many records lacked them.
+
+    ConfigError when no record has the field, which almost always means a misspelt field.
+    """
+    selected = [record_fields(r, field) for r in records]
+    kept = [f for f in selected if f is not None]
+    if not kept:
+        what = f"field {field!r}" if field else "an example (refined/base fields or string values)"
+        keys = ", ".join(sorted(records[0])) or "none"
+        raise ConfigError(f"{source}: no record has {what}; top-level keys of the first record: {keys}")
+    return kept, len(selected) - len(kept)

