@@ -14,8 +14,9 @@ from bare_engine.sampling_params import SamplingParams
 
 
 class LLM:
-    def __init__(self, model: str | Path, **engine_config):
-        self.engine = LLMEngine(model, EngineConfig(**engine_config))
+    def __init__(self, model: str | Path, config: EngineConfig | None = None, **engine_config):
+        """Either pass an ``EngineConfig`` or its fields as keyword arguments."""
+        self.engine = LLMEngine(model, config or EngineConfig(**engine_config))
         self._next_id = 0
 
     def generate(

@@ -57,8 +57,7 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
 def load_weights(model: CausalLM, model_dir: Path, hook: TensorHook | None = None) -> None:
     """Fill ``model``'s parameters from the checkpoint in ``model_dir``; ``hook`` may rewrite each tensor (LoRA merge)."""
     params = dict(model.named_parameters())
-    # Track which rows of each parameter were written, so partial fused weights are caught.
-    pending = {name: len(model.shard_sizes(name.split(".")[-2])) if _is_fused(name) else 1 for name in params}
+    expected = set(_checkpoint_names(model, params))
     tied = model.config.tie_word_embeddings
 
     for hf_name, tensor in iter_tensors(checkpoint_files(model_dir)):
@@ -76,15 +75,27 @@ def load_weights(model: CausalLM, model_dir: Path, hook: TensorHook | None = Non
                 f"tensor {hf_name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}"
             )
         target.copy_(tensor.to(dtype=target.dtype))
-        pending[name] -= 1
+        expected.discard(hf_name)
 
-    missing = [n for n, left in pending.items() if left > 0]
-    if missing:
-        raise CheckpointError(f"checkpoint {model_dir} is missing tensor(s) for {', '.join(missing[:5])}")
+    if expected:
+        missing = sorted(expected)
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CheckpointError(f"checkpoint {model_dir} is missing tensor(s) {', '.join(missing[:3])}{more}")
 
 
-def _is_fused(name: str) -> bool:
-    return name.split(".")[-2] in ("qkv_proj", "gate_up_proj")
+def _checkpoint_names(model: CausalLM, params: dict) -> list[str]:
+    """The checkpoint tensor names that fill ``params`` (fused parameters come from several)."""
+    unfused = {}
+    for hf_module, (fused, shard) in model.packed_modules.items():
+        unfused.setdefault(fused, []).append((shard, hf_module))
+    names = []
+    for name in params:
+        parts = name.split(".")
+        if len(parts) >= 2 and parts[-2] in unfused:
+            names.extend(".".join(parts[:-2] + [m, parts[-1]]) for _, m in sorted(unfused[parts[-2]]))
+        else:
+            names.append(name)
+    return names
 
 
 def _engine_name(model: CausalLM, hf_name: str) -> tuple[str, int | None]:

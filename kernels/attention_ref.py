@@ -70,8 +70,13 @@ def paged_attention_ref(
     q_pad = q.new_zeros(batch, max_q, num_heads, head_dim)
     q_pad[seq_of_token, idx_in_seq] = q
 
-    k = gather_kv(k_cache, block_tables, max_k).to(q.dtype)
-    v = gather_kv(v_cache, block_tables, max_k).to(q.dtype)
+    # Table entries past a sequence's last block may be junk: never index the cache with them.
+    block_size = k_cache.shape[1]
+    blocks_used = (ctx + block_size - 1) // block_size
+    columns = torch.arange(block_tables.shape[1], device=device)
+    tables = torch.where(columns[None, :] < blocks_used[:, None], block_tables, torch.zeros_like(block_tables))
+    k = gather_kv(k_cache, tables, max_k).to(q.dtype)
+    v = gather_kv(v_cache, tables, max_k).to(q.dtype)
     group = num_heads // num_kv_heads
     if group > 1:
         k = k.repeat_interleave(group, dim=2)

@@ -1,3 +1,4 @@
+import inspect
 import json
 from dataclasses import dataclass
 
@@ -8,12 +9,20 @@ import bare_engine.eval.cli as eval_cli
 from bare_engine.eval.cli import eval_command
 from tiny_models import make_tokenizer
 
+# click < 8.2 mixes stderr into stdout unless told not to.
+_RUNNER_KW = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner).parameters else {}
+
 TOPICS = ["apples", "trains", "rockets", "pencils", "violins", "glaciers", "tigers", "coins", "kites", "lamps"]
 
 
 def _record(question, answer, refined=True):
-    stage = lambda q, a: {"raw": f"Question: {q}\nAnswer: {a}", "fields": {"question": q, "answer": a}}  # noqa: E731
-    return {"id": question, "base": stage("draft " + question, answer), "refined": stage(question, answer) if refined else None}
+    """A record in the pipeline's output layout (bare_engine/pipeline/stages.py)."""
+    def stage(q, a, parsed=True):
+        return {"model": "m", "seed": 1, "text": f"Question: {q}\nAnswer: {a}",
+                "fields": {"question": q, "answer": a} if parsed else None}
+
+    return {"id": 0, "candidate": 0, "mode": "bare", "fields": {"question": question, "answer": answer},
+            "base": stage("draft " + question, answer), "refine": stage(question, answer, parsed=refined)}
 
 
 def _write(path, records):
@@ -23,13 +32,13 @@ def _write(path, records):
 
 @pytest.fixture
 def files(tmp_path):
-    diverse = [_record(f"How many {t} are left if {i} of {i + 9} {t} break?", f"#### {9}") for i, t in enumerate(TOPICS)]
+    diverse = [_record(f"How many {t} are left if {i} of {i + 9} {t} break?", "#### 9") for i, t in enumerate(TOPICS)]
     repetitive = [_record("How many apples does Tom have?", f"#### {i}") for i in range(10)]
     return _write(tmp_path / "diverse.jsonl", diverse), _write(tmp_path / "repetitive.jsonl", repetitive)
 
 
 def _run(args):
-    return CliRunner().invoke(eval_command, [str(a) for a in args])
+    return CliRunner(**_RUNNER_KW).invoke(eval_command, [str(a) for a in args])
 
 
 def _error_line(result):
@@ -39,11 +48,11 @@ def _error_line(result):
     return lines[0]
 
 
-def test_eval_table_json_plot_and_check(files, tmp_path):
+def test_eval_table_json_and_check(files, tmp_path):
     checks = tmp_path / "checks.py"
     checks.write_text("def final_number(f):\n    return f['answer'].split('####')[-1].strip() == '9'\n")
-    out, plot = tmp_path / "m.json", tmp_path / "sims.png"
-    result = _run([*files, "--embedder", "hash", "--out", out, "--plot", plot, "--check", f"{checks}:final_number"])
+    out = tmp_path / "m.json"
+    result = _run([*files, "--embedder", "hash", "--out", out, "--check", f"{checks}:final_number"])
     assert result.exit_code == 0, result.output
     table = result.stdout.strip().splitlines()
     assert table[0].split()[:4] == ["file", "records", "mean_sim", "vendi"] and "check" in table[0]
@@ -55,7 +64,14 @@ def test_eval_table_json_plot_and_check(files, tmp_path):
     assert diverse["distinct_2"] > repetitive["distinct_2"]
     assert diverse["similarity_pairs"] == "all 45 pairs" and not diverse["similarity_pairs_sampled"]
     assert diverse["check"]["pass_rate"] == 1.0 and repetitive["check"]["pass_rate"] == pytest.approx(0.1)
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_plot_png(files, tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (bare-engine[eval])")
+    plot = tmp_path / "sims.png"
+    result = _run([*files, "--embedder", "hash", "--plot", plot])
+    assert result.exit_code == 0, result.output
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
 
 
 def test_eval_field_selection_and_sampling_notice(files, tmp_path):
@@ -123,7 +139,11 @@ class _AlwaysFirstJudge:
 
 def test_eval_judge_reference_checks_and_ir(files, tmp_path, monkeypatch):
     engines = []
-    monkeypatch.setattr(eval_cli, "make_judge_engine", lambda model_dir, seed: engines.append(_AlwaysFirstJudge()) or engines[-1])
+    def make_engine(model_dir, seed):
+        engines.append(_AlwaysFirstJudge())
+        return engines[-1]
+
+    monkeypatch.setattr(eval_cli, "make_judge_engine", make_engine)
     small = _write(tmp_path / "ref_small.jsonl", [{"question": "q", "answer": "a"}] * 2)
     too_small = _run([files[0], "--embedder", "hash", "--judge", "m", "--reference", small])
     assert "at least k-1 = 3" in _error_line(too_small) and not engines  # rejected before any model loads
@@ -149,3 +169,18 @@ def test_eval_with_real_minilm(files, tmp_path):
     assert payload["embedder"].endswith("model")
     assert 0.0 < diverse["mean_similarity"] < repetitive["mean_similarity"] < 1.0
     assert diverse["vendi"] > repetitive["vendi"]
+
+
+def test_eval_judge_runs_on_the_real_engine(files, tmp_path):
+    from tiny_models import make_model_dir
+
+    pytest.importorskip("bare_engine.engine", reason="the engine is not built yet")
+    model = make_model_dir(tmp_path / "judge", "llama")
+    reference = _write(tmp_path / "ref.jsonl", [{"question": f"real {i}", "answer": "#### 1"} for i in range(4)])
+    repetitive = _write(tmp_path / "four.jsonl", [json.loads(line) for line in files[1].read_text().splitlines()[:4]])
+    out = tmp_path / "m.json"
+    result = _run([repetitive, "--embedder", "hash", "--judge", model, "--reference", reference, "--out", out])
+    assert result.exit_code == 0, result.output
+    judge = json.loads(out.read_text())["files"][0]["judge"]
+    # A random tiny model mostly answers junk: every trial is either parsed or counted as a failure.
+    assert judge["trials"] == 4 and judge["parsed"] + judge["parse_failures"] == 4

@@ -111,7 +111,8 @@ def test_run_judge_with_engine_contract():
 def test_chat_prompt_ids_renders_the_chat_template():
     tok = make_tokenizer()
     ids = chat_prompt_ids(tok, "hello")
-    rendered = tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False, add_generation_prompt=True)
+    chat = [{"role": "user", "content": "hello"}]
+    rendered = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     assert ids == tok(rendered, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == "<|user|>hello<|end|><|assistant|>"
     assert chat_prompt_ids(make_tokenizer(chat_template=False), "hello") == "hello"

@@ -60,21 +60,28 @@ def test_distinct_n_hand_built():
     assert distinct_n(["one"], 2) == 0.0
 
 
-PIPELINE_RECORD = {
-    "id": 3,
-    "base": {"raw": "Question: q0\nAnswer: a0", "fields": {"question": "q0", "answer": "a0"}},
-    "refined": {"raw": "Question: q1\nAnswer: a1", "fields": {"question": "q1", "answer": "a1"}},
-}
+def _stage(q, a):
+    return {"model": "m", "seed": 1, "text": f"Question: {q}\nAnswer: {a}", "fields": {"question": q, "answer": a}}
+
+
+# The layout bare_engine/pipeline/stages.py writes (mode "bare"): final fields plus one object per stage.
+PIPELINE_RECORD = {"id": 3, "candidate": 5, "mode": "bare", "fields": {"question": "q1", "answer": "a1"},
+                   "seed_ids": [0, 1, 2], "base": _stage("q0", "a0"), "refine": _stage("q1", "a1")}
 
 
 def test_record_fields_default_and_paths():
     assert record_fields(PIPELINE_RECORD) == {"question": "q1", "answer": "a1"}
-    unrefined = {**PIPELINE_RECORD, "refined": None}
+    no_final = {k: v for k, v in PIPELINE_RECORD.items() if k != "fields"}
+    assert record_fields(no_final) == {"question": "q1", "answer": "a1"}
+    unrefined = {**no_final, "refine": {**_stage("x", "y"), "fields": None}}
     assert record_fields(unrefined) == {"question": "q0", "answer": "a0"}
     assert record_fields(PIPELINE_RECORD, "base") == {"question": "q0", "answer": "a0"}
-    assert record_fields(PIPELINE_RECORD, "refined.raw") == {"raw": "Question: q1\nAnswer: a1"}
-    assert record_fields(PIPELINE_RECORD, "refined.fields.answer") == {"answer": "a1"}
-    assert record_fields(unrefined, "refined") is None
+    assert record_fields(PIPELINE_RECORD, "refined") == record_fields(PIPELINE_RECORD, "refine")
+    assert record_fields(PIPELINE_RECORD, "refine.text") == {"text": "Question: q1\nAnswer: a1"}
+    assert record_fields(PIPELINE_RECORD, "refine.fields.answer") == {"answer": "a1"}
+    assert record_fields(unrefined, "refine") is None
+    assert record_fields(PIPELINE_RECORD, "instruct") is None
+    assert record_fields({"id": 1, "mode": "bare", "fields": None, "base": {"text": "t", "fields": None}}) is None
     assert record_fields({"id": "x", "question": "q", "answer": "a"}) == {"question": "q", "answer": "a"}
     chat = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     assert fields_text(record_fields(chat)) == "q\na"
@@ -82,11 +89,11 @@ def test_record_fields_default_and_paths():
 
 
 def test_select_fields_counts_skipped_and_rejects_unknown_field():
-    records = [PIPELINE_RECORD, {**PIPELINE_RECORD, "refined": None}]
-    kept, skipped = select_fields(records, "refined", "f.jsonl")
+    unrefined = {**PIPELINE_RECORD, "refine": {**_stage("x", "y"), "fields": None}}
+    kept, skipped = select_fields([PIPELINE_RECORD, unrefined], "refine", "f.jsonl")
     assert kept == [{"question": "q1", "answer": "a1"}] and skipped == 1
     with pytest.raises(ConfigError, match="no record has field 'refind'"):
-        select_fields(records, "refind", "f.jsonl")
+        select_fields([PIPELINE_RECORD], "refind", "f.jsonl")
 
 
 def test_read_jsonl_errors(tmp_path):

@@ -1,3 +1,4 @@
+import inspect
 import json
 
 import pytest
@@ -7,15 +8,19 @@ from bare_engine.errors import ConfigError
 from bare_engine.eval.cli import export_command
 from bare_engine.export import export_records
 
+# click < 8.2 mixes stderr into stdout unless told not to.
+_RUNNER_KW = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner).parameters else {}
+
 
 def _stage(q, a):
-    return {"raw": f"Question: {q}\nAnswer: {a}", "fields": {"question": q, "answer": a}}
+    return {"model": "m", "text": f"Question: {q}\nAnswer: {a}", "fields": {"question": q, "answer": a}}
 
 
-RECORDS = [
-    {"id": 0, "base": _stage("b0", "x"), "refined": _stage("Q0 é", "A0")},
-    {"id": 1, "base": _stage("b1", "y"), "refined": None},  # refine failed: the base example is final
-    {"id": 2, "base": None, "refined": None},  # nothing usable
+RECORDS = [  # the pipeline's layout: final `fields` plus stage objects
+    {"id": 0, "mode": "bare", "fields": {"question": "Q0 é", "answer": "A0"}, "base": _stage("b0", "x"),
+     "refine": _stage("Q0 é", "A0")},
+    {"id": 1, "mode": "base", "base": _stage("b1", "y")},  # no final fields: the last parsed stage
+    {"id": 2, "mode": "bare", "fields": None, "base": {"text": "junk", "fields": None}},  # nothing usable
 ]
 EXPECTED = [("Q0 é", "A0"), ("b1", "y")]
 
@@ -66,7 +71,7 @@ def test_hf_round_trip(gen, tmp_path):
 
 
 def test_export_cli(gen, tmp_path):
-    runner = CliRunner()
+    runner = CliRunner(**_RUNNER_KW)
     out = tmp_path / "sft.jsonl"
     ok = runner.invoke(export_command, [str(gen), "--format", "sft", "--out", str(out)])
     assert ok.exit_code == 0 and "wrote 2 examples" in ok.stdout and "1 records skipped" in ok.stdout

@@ -62,18 +62,20 @@ def typo(record: dict, rng: random.Random) -> dict:
     """Swap, drop or double a letter in one lower-case word of the question."""
     words = record["question"].split(" ")
     candidates = [i for i, w in enumerate(words) if re.fullmatch(r"[a-z]{4,}[.?]?", w)]
-    i = rng.choice(candidates)
-    w = words[i]
-    j = rng.randrange(1, len(w.rstrip(".?")) - 1)
-    kind = rng.randrange(3)
-    if kind == 0:
-        w = w[:j] + w[j + 1] + w[j] + w[j + 2:]
-    elif kind == 1:
-        w = w[:j] + w[j + 1:]
-    else:
-        w = w[:j] + w[j] + w[j:]
-    words[i] = w
-    return {"question": " ".join(words), "answer": record["answer"]}
+    while True:
+        i = rng.choice(candidates)
+        word = words[i]
+        j = rng.randrange(1, len(word.rstrip(".?")) - 1)
+        kind = rng.randrange(3)
+        if kind == 0:
+            new = word[:j] + word[j + 1] + word[j] + word[j + 2:]
+        elif kind == 1:
+            new = word[:j] + word[j + 1:]
+        else:
+            new = word[:j] + word[j] + word[j:]
+        if new != word:
+            words[i] = new
+            return {"question": " ".join(words), "answer": record["answer"]}
 
 
 def wrong_item(record: dict, rng: random.Random) -> dict:

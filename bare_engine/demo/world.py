@@ -139,10 +139,17 @@ def generate_problem(rng: random.Random, world: WorldSlice = FULL) -> dict:
 
 # ---------------------------------------------------------------- checker
 
+def _words(words) -> str:
+    return "|".join(sorted(set(map(re.escape, words)), key=len, reverse=True))
+
+
 _SLOT_PATTERNS = {
     "N": r"[A-Z][a-z]+", "F": r"[A-Z][a-z]+", "P": r"He|She", "p": r"he|she", "O": r"him|her",
     "S": r"his|her", "k": r"\d+", "k2": r"\d+", "items": r"[a-z]+(?: [a-z]+){0,2}?",
-    "groups": r"[a-z]+", "group": r"[a-z]+", "box": r"[a-z]+(?: [a-z]+)?", "gift": r"[a-z]+",
+    "groups": _words(g for _, _, groups in lx.CATEGORIES.values() for g, _ in groups),
+    "group": _words(g for _, _, groups in lx.CATEGORIES.values() for _, g in groups),
+    "box": _words(b for _, boxes, _ in lx.CATEGORIES.values() for b in boxes),
+    "gift": _words(lx.GIFTS),
 }
 _GENDER_WORDS = {"he": "boy", "him": "boy", "his": "boy", "she": "girl", "her": "girl"}
 
@@ -253,6 +260,8 @@ def read_problem(question: str) -> Reading | None:
         value = _apply(op, value, k)
     name = reader.fields["N"]
     gender = next(iter(reader.genders)) if reader.genders else _gender(name)
+    if name in lx.NAMES and gender != _gender(name):
+        return None
     return Reading(name, reader.fields["items"], gender, start, steps, value)
 
 

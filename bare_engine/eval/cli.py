@@ -43,18 +43,25 @@ def make_judge_engine(model_dir: str, seed: int):
 
 @click.command("eval")
 @click.argument("files", nargs=-1, required=True)
-@click.option("--field", default=None, help="Text to evaluate: refined, base or a dotted path (default: the final example).")
-@click.option("--embedder", default=None, help="sentence-transformers model directory (default: bundled all-MiniLM-L6-v2); 'hash' for a model-free smoke test.")
+@click.option("--field", default=None,
+              help="Text to evaluate: refined, base or a dotted path (default: the final example).")
+@click.option("--embedder", default=None,
+              help="sentence-transformers model directory (default: the bundled all-MiniLM-L6-v2); "
+                   "'hash' for a model-free smoke test.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the metrics as JSON here.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG histogram of pairwise similarities here.")
-@click.option("--check", "check_spec", default=None, help="module:function (or file.py:function) returning True for a valid record's fields.")
+@click.option("--check", "check_spec", default=None,
+              help="module:function (or file.py:function) that returns True for a valid record's fields.")
 @click.option("--seed", default=0, show_default=True, help="Seed for pair sampling and judge trials.")
-@click.option("--max-exact-records", default=MAX_EXACT_RECORDS, show_default=True, help="Above this many records, sample pairs for the similarity distribution.")
-@click.option("--judge", "judge_model", default=None, help="Model directory of an instruct judge: report the indistinguishability rate (IR).")
+@click.option("--max-exact-records", default=MAX_EXACT_RECORDS, show_default=True,
+              help="Above this many records, the similarity distribution comes from sampled pairs.")
+@click.option("--judge", "judge_model", default=None,
+              help="Model directory of an instruct judge: also report the indistinguishability rate (IR).")
 @click.option("--reference", default=None, help="JSONL of real examples for the judge.")
-@click.option("--reference-field", default=None, help="Field of the reference records (default: as --field's default).")
-@click.option("--judge-k", default=DEFAULT_K, show_default=True, help="Examples per judge trial (1 synthetic + k-1 real).")
-@click.option("--judge-samples", default=None, type=int, help="Judge at most this many records per file (fixed-seed sample).")
+@click.option("--reference-field", default=None, help="Field of the reference records (default: as for --field).")
+@click.option("--judge-k", default=DEFAULT_K, show_default=True, help="Examples per trial (1 synthetic, k-1 real).")
+@click.option("--judge-samples", default=None, type=int,
+              help="Judge at most this many records per file (a fixed-seed sample).")
 @click.option("--task", default="", help="Task description shown to the judge.")
 @one_line_errors
 def eval_command(files, field, embedder, out, plot, check_spec, seed, max_exact_records,
@@ -65,12 +72,12 @@ def eval_command(files, field, embedder, out, plot, check_spec, seed, max_exact_
     trials = _judge_trials(loaded, judge_model, reference, reference_field, judge_k, judge_samples, seed)
     embed, embedder_name = load_embedder(embedder)
     reports = [diversity_report(path, ex, skipped, embed, max_exact_records, seed) for path, ex, skipped in loaded]
-    for report, (_, examples, _) in zip(reports, loaded):
+    for report, (_, examples, _) in zip(reports, loaded, strict=True):
         if check:
             report.check = run_check(check_spec, check, examples)
     if trials:
         engine = make_judge_engine(judge_model, seed)
-        for report, file_trials in zip(reports, trials):
+        for report, file_trials in zip(reports, trials, strict=True):
             report.judge, _ = run_judge(engine, file_trials, task=task, seed=seed)
     click.echo(format_table(reports))
     if out:
@@ -88,6 +95,8 @@ def _judge_trials(loaded, judge_model, reference, reference_field, k, samples, s
         return None
     if not reference:
         raise ConfigError("--judge needs --reference FILE with real examples")
+    if samples is not None and samples < 1:
+        raise ConfigError(f"--judge-samples must be positive, got {samples}")
     real = [fields_text(f) for f in load_examples(reference, reference_field)[0]]
     trials = []
     for _, examples, _ in loaded:
@@ -100,9 +109,10 @@ def _judge_trials(loaded, judge_model, reference, reference_field, k, samples, s
 
 @click.command("export")
 @click.argument("file")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True, help="sft: chat JSONL; parquet; hf: datasets save_to_disk.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True,
+              help="sft: chat JSONL; parquet; hf: a datasets save_to_disk directory.")
 @click.option("--out", required=True, help="Output file (sft, parquet) or directory (hf).")
-@click.option("--field", default=None, help="Which example of each record (default: refined, else base).")
+@click.option("--field", default=None, help="Which example of each record (default: the final one).")
 @click.option("--user-field", default="question", show_default=True, help="sft: field for the user turn.")
 @click.option("--assistant-field", default="answer", show_default=True, help="sft: field for the assistant turn.")
 @click.option("--system", default=None, help="sft: optional system message for every example.")

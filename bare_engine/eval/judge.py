@@ -119,5 +119,5 @@ def run_judge(engine, trials: list[Trial], task: str = "", model: str | None = N
         for output in engine.step():
             answers[output.request_id] = output.outputs[0].text
     texts = [answers.get(f"judge-{i}", "") for i in range(len(trials))]
-    choices = [parse_choice(text, trial.k) for text, trial in zip(texts, trials)]
+    choices = [parse_choice(text, trial.k) for text, trial in zip(texts, trials, strict=True)]
     return indistinguishability(trials, choices), texts

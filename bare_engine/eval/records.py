@@ -1,8 +1,9 @@
 """Reading pipeline JSONL and choosing which text of a record is evaluated or exported.
 
-A pipeline record holds stage objects, e.g.
-  {"id": ..., "base": {"raw": "...", "fields": {"question": ..., "answer": ...}},
-   "refined": {"raw": "...", "fields": {...}}}
+A pipeline output record (bare_engine/pipeline/stages.py) holds the final example and one
+object per stage:
+  {"id": 0, "candidate": 3, "mode": "bare", "fields": {"question": ..., "answer": ...},
+   "base": {"text": "...", "fields": {...}, ...}, "refine": {"text": "...", "fields": {...}, ...}}
 `record_fields` is the one place that knows this layout.
 """
 
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from bare_engine.errors import ConfigError
 
-STAGES = ("refined", "base")  # the final example: refined if parsed, else base
+STAGES = ("refine", "instruct", "base")  # fallbacks when a record has no final `fields`
+FIELD_ALIASES = {"refined": "refine"}
 _FLAT_SKIP = {"id"}
 
 
@@ -42,21 +44,26 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def record_fields(record: dict, field: str | None = None) -> dict[str, str] | None:
     """The selected text of one record as {name: text}; None when the record lacks it.
 
-    field None: the final example (refined fields, else base fields, else a flat record's
-    string values or a chat record's messages). Otherwise a dotted path into the record
-    ("refined", "base.raw", "meta.text"); a stage object yields its parsed fields.
+    field None: the final example (the record's `fields`; else the last parsed stage, refine
+    before base; else a chat record's messages or a flat record's string values). Otherwise a
+    dotted path into the record ("refine", "base.text", "input.fields.question"); a stage
+    object yields its parsed fields. "refined" is accepted for "refine".
     """
     if field is None:
-        for stage in STAGES:
-            fields = _as_fields(record.get(stage))
+        for key in ("fields", *STAGES):
+            fields = _as_fields(record.get(key))
             if fields:
                 return fields
+        if any(key in record for key in ("fields", *STAGES)):
+            return None  # a pipeline record with no parsed example
         if isinstance(record.get("messages"), list):
             return {m.get("role", str(i)): str(m.get("content", "")) for i, m in enumerate(record["messages"])}
         flat = {k: v for k, v in record.items() if isinstance(v, str) and k not in _FLAT_SKIP}
         return _as_fields(flat)
     value = record
     for key in field.split("."):
+        if isinstance(value, dict) and key not in value:
+            key = FIELD_ALIASES.get(key, key)
         if not isinstance(value, dict) or key not in value:
             return None
         value = value[key]

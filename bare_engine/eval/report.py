@@ -85,7 +85,8 @@ def format_table(reports: list[FileReport]) -> str:
             row += [num(r.judge.ir if r.judge else None), str(r.judge.parse_failures) if r.judge else "-"]
         rows.append(row)
     widths = [max(len(line[c]) for line in [header, *rows]) for c in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(line, widths)))
+    lines = ["  ".join(cell.ljust(w) if c == 0 else cell.rjust(w)
+                       for c, (cell, w) in enumerate(zip(line, widths, strict=True)))
              for line in [header, *rows]]
     notes = [f"{r.file}: similarity distribution from {r.similarities.describe()}; mean over all pairs"
              for r in reports if r.similarities.sampled]

@@ -1,0 +1,127 @@
+"""The ``bare-engine`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from bare_engine.errors import BareEngineError
+
+
+class _Group(click.Group):
+    """Turns bare_engine errors into one line on stderr and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BareEngineError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="bare-engine")
+def main() -> None:
+    """bare-engine: synthetic data from a few examples (BARE: base model generates, instruct model refines)."""
+
+
+def engine_options(fn):
+    options = [
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--dtype", default="auto", show_default=True, help="auto, float32, bfloat16 or float16."),
+        click.option("--num-kv-blocks", type=int, default=None, help="KV cache size in blocks (default: from memory)."),
+        click.option("--block-size", type=int, default=16, show_default=True),
+        click.option("--max-num-seqs", type=int, default=64, show_default=True),
+        click.option("--max-num-batched-tokens", type=int, default=2048, show_default=True),
+        click.option("--max-model-len", type=int, default=None),
+        click.option("--attention-backend", default="auto", show_default=True, help="auto, torch, triton or flash_attn."),
+        click.option("--enforce-eager", is_flag=True, help="Do not capture CUDA graphs."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def engine_config_from(kwargs: dict):
+    from bare_engine.config import EngineConfig
+
+    keys = ("device", "dtype", "num_kv_blocks", "block_size", "max_num_seqs", "max_num_batched_tokens",
+            "max_model_len", "attention_backend", "enforce_eager")
+    return EngineConfig(**{k: kwargs.pop(k) for k in keys})
+
+
+@main.command()
+@click.option("--model", required=True, type=click.Path(), help="Model directory in Hugging Face layout.")
+@click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt text; repeat for a batch.")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="0 means greedy.")
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--top-k", type=int, default=-1, show_default=True)
+@click.option("--min-p", type=float, default=0.0, show_default=True)
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
+@click.option("--presence-penalty", type=float, default=0.0, show_default=True)
+@click.option("--frequency-penalty", type=float, default=0.0, show_default=True)
+@click.option("--max-tokens", type=int, default=64, show_default=True)
+@click.option("--stop", multiple=True, help="Stop string; repeatable.")
+@click.option("--seed", type=int, default=None)
+@click.option("--n", type=int, default=1, show_default=True, help="Samples per prompt.")
+@click.option("--ignore-eos", is_flag=True)
+@click.option("--logprobs", type=int, default=None, help="Return the top-N logprobs of each token.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per prompt instead of plain text.")
+@engine_options
+def generate(model, prompts, as_json, **kwargs):
+    """Generate continuations of one or more prompts."""
+    from bare_engine.llm import LLM
+    from bare_engine.sampling_params import SamplingParams
+
+    config = engine_config_from(kwargs)
+    params = SamplingParams(stop=list(kwargs.pop("stop")) or None, **kwargs)
+    llm = LLM(model, config)
+    for prompt, out in zip(prompts, llm.generate(list(prompts), params, use_tqdm=False)):
+        for completion in out.outputs:
+            if as_json:
+                click.echo(json.dumps({"prompt": prompt, "index": completion.index, "text": completion.text,
+                                       "token_ids": completion.token_ids, "finish_reason": completion.finish_reason}))
+            else:
+                click.echo(completion.text)
+
+
+@main.command()
+@click.option("--workload", type=click.Choice(["fixed", "variable", "both"]), default="both", show_default=True)
+@click.option("--num-requests", type=int, default=64, show_default=True)
+@click.option("--preset", type=click.Choice(["cpu-50m", "tiny", "qwen3-0.6b"]), default="cpu-50m", show_default=True,
+              help="Random-weight model shape to benchmark.")
+@click.option("--no-baseline", is_flag=True, help="Skip the transformers generate() baseline.")
+@click.option("--out", "out_dir", type=click.Path(), default="benchmarks/results", show_default=True)
+@engine_options
+def bench(workload, num_requests, preset, no_baseline, out_dir, **kwargs):
+    """Throughput of the engine vs transformers generate() on the same model and requests (writes JSON)."""
+    from bare_engine.bench import run_throughput_benchmark
+
+    config = engine_config_from(kwargs)
+    workloads = ["fixed", "variable"] if workload == "both" else [workload]
+    path = run_throughput_benchmark(preset, workloads, num_requests, config, not no_baseline, out_dir)
+    click.echo(f"wrote {path}")
+
+
+def _register_optional_commands() -> None:
+    """Commands that live beside their feature's code."""
+    from importlib import import_module
+
+    for module, name in (
+        ("bare_engine.pipeline.cli", "run_command"),
+        ("bare_engine.eval.cli", "eval_command"),
+        ("bare_engine.eval.cli", "export_command"),
+    ):
+        try:
+            command = getattr(import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        main.add_command(command)
+
+
+_register_optional_commands()

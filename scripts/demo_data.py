@@ -1,0 +1,96 @@
+"""Training text for the demo models, rendered through the pipeline's own templates.
+
+Base: documents of several problems in a row (the base prompt format continued), with
+noise. Instruct: chat pairs for "write one problem" (answered from a narrow slice of the
+world) and "improve this problem" (a noisy problem mapped to its corrected form).
+"""
+
+from __future__ import annotations
+
+import random
+
+from bare_engine.demo.noise import corrupt
+from bare_engine.demo.world import FULL, NARROW, WorldSlice, generate_problem, worked_answer
+from bare_engine.pipeline.templates import DEFAULT_TASK, Templates
+
+TEMPLATES = Templates()
+TASK_VARIANTS = [
+    "Math word problems for grade-school students, each with a worked answer ending in '#### <answer>'.",
+    "Grade-school math word problems with step-by-step answers. The final answer follows '####'.",
+    "Word problems about everyday counting. Each has a question and a worked answer that ends with '#### <number>'.",
+    "Arithmetic story problems. Each answer shows the steps and ends with '#### <final number>'.",
+]
+STRAY_LINES = ["Here are more problems:", "---", "Note: check your work.", "(continued)", "Practice set"]
+SEED_WORLD = WorldSlice(max_ops=3)
+
+# Share of base-document examples that carry noise, by kind.
+BASE_NOISE = {"wrong_final": 0.06, "wrong_step": 0.06, "changed_number": 0.04, "typo": 0.06,
+              "wrong_item": 0.02, "off_format": 0.06}
+
+
+def pick_task(rng: random.Random) -> str:
+    return DEFAULT_TASK if rng.random() < 0.7 else rng.choice(TASK_VARIANTS)
+
+
+def clean(record: dict) -> dict:
+    return {"question": record["question"], "answer": record["answer"]}
+
+
+def noisy_example(rng: random.Random, world: WorldSlice = FULL) -> dict:
+    record = clean(generate_problem(rng, world))
+    roll = rng.random()
+    for kind, share in BASE_NOISE.items():
+        if roll < share:
+            return corrupt(record, rng, kind)
+        roll -= share
+    return record
+
+
+def render_body(record: dict) -> str:
+    return TEMPLATES.example.format(**record)
+
+
+def base_document(rng: random.Random, n_examples: int) -> str:
+    """Task line, then examples in the base prompt's format, some noisy, some off-format."""
+    parts = []
+    for _ in range(n_examples):
+        record = noisy_example(rng)
+        roll = rng.random()
+        if roll < 0.02:  # an example without its answer marker
+            text = TEMPLATES.start_marker + f"Question: {record['question']}\n{record['answer']}" + TEMPLATES.end_marker
+        elif roll < 0.05:
+            text = rng.choice(STRAY_LINES) + TEMPLATES.separator + TEMPLATES.render_example(record)
+        else:
+            text = TEMPLATES.render_example(record)
+        parts.append(text)
+    return pick_task(rng) + TEMPLATES.separator + TEMPLATES.separator.join(parts)
+
+
+def seed_examples(rng: random.Random, n: int = 3) -> list[dict]:
+    return [clean(generate_problem(rng, SEED_WORLD)) for _ in range(n)]
+
+
+def instruct_pair(rng: random.Random) -> tuple[str, str]:
+    """'Write one new example' -> one example from the narrow slice."""
+    user = TEMPLATES.instruct(pick_task(rng), seed_examples(rng))
+    return user, render_body(clean(generate_problem(rng, NARROW)))
+
+
+def refine_pair(rng: random.Random) -> tuple[str, str]:
+    """'Improve this example' -> the corrected example (clean candidates are kept as they are)."""
+    record = clean(generate_problem(rng, FULL))
+    target = record
+    if rng.random() < 0.8:
+        candidate = corrupt(record, rng)
+        if candidate["question"] != record["question"] and worked_answer(candidate["question"]):
+            # The question still reads as a valid problem (a changed number): fix the answer.
+            target = {"question": candidate["question"], "answer": worked_answer(candidate["question"])}
+    else:
+        candidate = record
+    user = TEMPLATES.refine(pick_task(rng), seed_examples(rng), candidate)
+    return user, render_body(target)
+
+
+def seeds(n: int = 20, seed: int = 1234) -> list[dict]:
+    rng = random.Random(seed)
+    return [dict(id=f"seed-{i}", **clean(generate_problem(rng, SEED_WORLD))) for i in range(n)]

@@ -1,0 +1,192 @@
+"""Train the bundled demo pair: a tiny Llama base model and its instruct version.
+
+    nice -n 10 python scripts/train_demo.py --out bare_engine/demo/models
+
+Seeded and reproducible on CPU (2 threads). `--quick` trains a tiny smoke version in seconds.
+Writes <out>/base and <out>/instruct in Hugging Face layout (bf16 safetensors) and the seeds file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from demo_data import base_document, instruct_pair, refine_pair, seeds  # noqa: E402
+from demo_tokenizer import train_tokenizer  # noqa: E402
+
+DEFAULT_SEEDS_PATH = Path(__file__).resolve().parent.parent / "bare_engine" / "demo" / "data" / "seeds.jsonl"
+
+
+@dataclass
+class Settings:
+    vocab_size: int = 2048
+    hidden: int = 256
+    layers: int = 4
+    heads: int = 8
+    kv_heads: int = 2
+    intermediate: int = 704
+    tokenizer_docs: int = 1500
+    base_steps: int = 500
+    base_batch: int = 8
+    base_len: int = 640
+    base_lr: float = 3e-3
+    instruct_steps: int = 200
+    instruct_batch: int = 8
+    instruct_len: int = 900
+    instruct_lr: float = 1e-3
+    instruct_share: float = 0.35  # share of "write one" tasks (the rest are "improve this")
+    warmup: int = 30
+    log_every: int = 25
+
+
+QUICK = Settings(vocab_size=400, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128,
+                 tokenizer_docs=40, base_steps=4, base_batch=2, base_len=256, instruct_steps=4,
+                 instruct_batch=2, instruct_len=700, warmup=2, log_every=2)
+
+
+def model_config(s: Settings, tok):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tok), hidden_size=s.hidden, intermediate_size=s.intermediate,
+        num_hidden_layers=s.layers, num_attention_heads=s.heads, num_key_value_heads=s.kv_heads,
+        # RoPE has no learned positions; 2048 lets a prompt plus the pipeline's default
+        # max_tokens (1000) fit, though training sequences are shorter.
+        max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int):
+    """rows of (input_ids, labels) -> padded tensors; labels -100 where no loss is taken."""
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(x)] = 1
+    return ids, labels, mask
+
+
+def base_rows(rng: random.Random, tok, s: Settings):
+    rows = []
+    for _ in range(s.base_batch):
+        ids = tok(base_document(rng, n_examples=8)).input_ids[: s.base_len]
+        rows.append((ids, ids))
+    return rows
+
+
+def chat_prompt_ids(tok, user: str) -> list[int]:
+    text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    return tok(text).input_ids
+
+
+def instruct_rows(rng: random.Random, tok, s: Settings):
+    """Chat pairs; the loss covers only the assistant's tokens (and its closing EOS)."""
+    rows = []
+    while len(rows) < s.instruct_batch:
+        user, reply = instruct_pair(rng) if rng.random() < s.instruct_share else refine_pair(rng)
+        prompt = chat_prompt_ids(tok, user)
+        target = tok(reply).input_ids + [tok.eos_token_id]
+        ids = prompt + target
+        if len(ids) <= s.instruct_len:
+            rows.append((ids, [-100] * len(prompt) + target))
+    return rows
+
+
+def train(model, make_rows, steps: int, lr: float, s: Settings, pad_id: int, name: str):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    model.train()
+    start, running = time.time(), 0.0
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, s.warmup)
+        ids, labels, mask = pad_batch(make_rows(), pad_id)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        running += loss.item()
+        if (step + 1) % s.log_every == 0 or step + 1 == steps:
+            n = (step % s.log_every) + 1
+            print(f"[{name}] step {step + 1}/{steps} loss {running / n:.3f} {time.time() - start:.0f}s", flush=True)
+            running = 0.0
+    model.eval()
+    return model
+
+
+def save(model, tok, path: Path):
+    from transformers import GenerationConfig
+
+    path.mkdir(parents=True, exist_ok=True)
+    model.to(torch.bfloat16).save_pretrained(path, safe_serialization=True)
+    model.to(torch.float32)
+    tok.save_pretrained(path)
+    # transformers >= 5 keeps the template in chat_template.jinja; older readers look here.
+    config_path = path / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["chat_template"] = tok.chat_template
+    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(path)
+
+
+def write_seeds(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in seeds()), encoding="utf-8")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="writes OUT/base and OUT/instruct")
+    parser.add_argument("--seeds", type=Path, default=DEFAULT_SEEDS_PATH, help="where to write seeds.jsonl")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke version (seconds)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from transformers import LlamaForCausalLM
+
+    torch.set_num_threads(2)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    s = QUICK if args.quick else Settings()
+    t0 = time.time()
+
+    texts = [base_document(rng, n_examples=6) for _ in range(s.tokenizer_docs)]
+    texts += [u + r for u, r in (instruct_pair(rng) for _ in range(s.tokenizer_docs // 10))]
+    texts += [u + r for u, r in (refine_pair(rng) for _ in range(s.tokenizer_docs // 10))]
+    tok = train_tokenizer(texts, s.vocab_size)
+    model = LlamaForCausalLM(model_config(s, tok))
+    print(f"tokenizer {len(tok)} tokens, model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params", flush=True)
+
+    train(model, lambda: base_rows(rng, tok, s), s.base_steps, s.base_lr, s, tok.pad_token_id, "base")
+    save(model, tok, args.out / "base")
+    train(model, lambda: instruct_rows(rng, tok, s), s.instruct_steps, s.instruct_lr, s, tok.pad_token_id, "instruct")
+    save(model, tok, args.out / "instruct")
+    write_seeds(args.seeds)
+    print(f"done in {time.time() - t0:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
