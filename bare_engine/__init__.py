@@ -4,6 +4,7 @@ from bare_engine.config import EngineConfig
 from bare_engine.engine import LLMEngine
 from bare_engine.errors import BareEngineError
 from bare_engine.llm import LLM
+from bare_engine.lora import ModelSpec
 from bare_engine.outputs import CompletionOutput, RequestOutput
 from bare_engine.sampling_params import SamplingParams
 
@@ -12,6 +13,7 @@ __all__ = [
     "LLM",
     "LLMEngine",
     "EngineConfig",
+    "ModelSpec",
     "SamplingParams",
     "RequestOutput",
     "CompletionOutput",

@@ -19,6 +19,7 @@ from bare_engine.attention import select_backend
 from bare_engine.block_manager import BlockManager
 from bare_engine.config import EngineConfig, ModelConfig, load_model_config
 from bare_engine.errors import ConfigError, InvalidRequestError, KVCacheTooSmallError, PromptTooLongError
+from bare_engine.lora import ModelSource, ModelSpec, resolve_model_source
 from bare_engine.model_policy import InterleavePolicy
 from bare_engine.model_runner import ModelRunner, ModelStats
 from bare_engine.outputs import CompletionOutput, RequestOutput
@@ -47,7 +48,7 @@ class _Request:
 class LLMEngine:
     def __init__(
         self,
-        models: str | Path | dict[str, str | Path],
+        models: str | Path | ModelSpec | dict[str, str | Path | ModelSpec],
         config: EngineConfig | None = None,
         policy=None,
     ):
@@ -58,17 +59,12 @@ class LLMEngine:
             raise ConfigError("no model given")
         self.device = self.config.resolve_device()
         self.dtype = self.config.resolve_dtype(self.device)
-        model_configs = {name: load_model_config(path) for name, path in models.items()}
+        sources = {name: resolve_model_source(spec) for name, spec in models.items()}
+        model_configs = {name: load_model_config(s.weights_dir) for name, s in sources.items()}
         self.max_model_len = {name: self._max_model_len(c) for name, c in model_configs.items()}
-        self.tokenizers = {name: load_tokenizer(c.path) for name, c in model_configs.items()}
+        self.tokenizers = {name: load_tokenizer(s.tokenizer_dir) for name, s in sources.items()}
         self.backend = select_backend(self.config.attention_backend, self.device)
-        self.runners = {
-            name: ModelRunner(
-                name, c, c.path, self.device, self.dtype, self.max_model_len[name],
-                self.config.max_num_seqs, self.backend,
-            )
-            for name, c in model_configs.items()
-        }
+        self.runners = {name: self._load_runner(name, model_configs[name], s) for name, s in sources.items()}
         self.eos_ids = {name: self._eos_ids(c, self.tokenizers[name]) for name, c in model_configs.items()}
         pools = self._allocate_pools(model_configs)
         self.scheduler = Scheduler(pools, self.config.max_num_seqs, self.config.max_num_batched_tokens)
@@ -81,6 +77,16 @@ class LLMEngine:
         self._arrivals = itertools.count()
 
     # ----- set-up -----------------------------------------------------------------------
+
+    def _load_runner(self, name: str, config: ModelConfig, source: ModelSource) -> ModelRunner:
+        hook = source.adapter.merge if source.adapter else None
+        runner = ModelRunner(
+            name, config, source.weights_dir, self.device, self.dtype, self.max_model_len[name],
+            self.config.max_num_seqs, self.backend, weight_hook=hook,
+        )
+        if source.adapter:
+            source.adapter.check_all_used()
+        return runner
 
     def _max_model_len(self, model: ModelConfig) -> int:
         limit = model.max_position_embeddings

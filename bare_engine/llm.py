@@ -9,12 +9,13 @@ from tqdm.auto import tqdm
 from bare_engine.config import EngineConfig
 from bare_engine.engine import LLMEngine
 from bare_engine.errors import InvalidRequestError
+from bare_engine.lora import ModelSpec
 from bare_engine.outputs import RequestOutput
 from bare_engine.sampling_params import SamplingParams
 
 
 class LLM:
-    def __init__(self, model: str | Path, config: EngineConfig | None = None, **engine_config):
+    def __init__(self, model: str | Path | ModelSpec, config: EngineConfig | None = None, **engine_config):
         """Either pass an ``EngineConfig`` or its fields as keyword arguments."""
         self.engine = LLMEngine(model, config or EngineConfig(**engine_config))
         self._next_id = 0

@@ -2,31 +2,33 @@
 sampling for a mixed batch, without sorting the vocabulary.
 
 Semantics (order of operations, tie rules, logprobs, noise) are those of
-``kernels/sampling_ref.py``; this module only makes them fast. One program per row,
-three launches:
+``kernels/sampling_ref.py``; this module only makes them fast. Three launches:
 
-1. ``_stats_kernel`` reads the row once: processed logits ``z``, their max ``m`` and
-   ``s = sum(exp(z - m))``, the greedy argmax (or, for sampled rows without filters,
-   the Gumbel-max winner), the max of every 256-token sub-block, and a 64-bin
-   histogram of ``z`` on a fixed 1/4-nat grid below the max. From the histogram it
-   picks a cut bin ``J`` such that every token the filters can keep (or the top-n
-   logprob tokens) lies in bins ``<= J``: by exact counts for top-k, by a lower
-   bound on the mass for top-p, directly for min-p.
-2. ``_compact_kernel`` copies the tokens in bins ``<= J`` (at most ``CAP``) to a
-   scratch buffer, reading only the sub-blocks whose max lies in those bins.
-3. ``_finalize_kernel`` finds the exact threshold by bisection on the float's bit
-   pattern over the candidates held in registers, draws Philox noise for the kept
-   candidates only, and writes the token, its logprob and the top-n.
+1. ``_block_stats_kernel``, one program per (row, 4096-token block), reads the
+   logits once: processed logits ``z`` (penalties, bias, mask, temperature), the
+   block's max and ``sum(exp(z - max))``, the greedy argmax (or, for sampled rows
+   without filters, the Gumbel-max winner), the max of every 256-token sub-block,
+   and a 64-bin histogram of ``z`` on a fixed 1/4-nat grid below the block max.
+2. ``_compact_kernel``, same grid, merges the row's block summaries (histograms
+   shift exactly since the grid is absolute) and picks a cut bin ``J`` such that
+   every token the filters can keep (or every top-n logprob token) lies in bins
+   ``<= J``: by exact counts for top-k, by a lower bound on the mass for top-p,
+   directly for min-p. The exact per-block candidate counts give each program its
+   output offset; it copies its candidates, in token order, to a per-row buffer,
+   reading only the sub-blocks whose max reaches the cut.
+3. ``_finalize_kernel``, one program per row, holds the (at most ``CAP``)
+   candidates in registers, finds the exact threshold by bisection on the float
+   bit pattern, draws Philox noise for the kept candidates only, and writes the
+   token, its logprob and the top-n.
 
 If the candidates overflow ``CAP`` (huge top_k, nearly flat distributions) or the
-histogram bound proves too loose, the last kernel falls back to bisection by
-passes over the whole row, skipping sub-blocks below the bracket. Same result,
-slower.
+top-p mass bound proves too loose, the last kernel falls back to bisection by
+passes over the row, skipping sub-blocks below the bracket: same result, slower.
 
-Batch invariance: every row is reduced by one program in a fixed order with block
-sizes that depend on the vocabulary only, and its noise is a pure function of
-(seed, position, token index), so a row's token does not depend on the rest of
-the batch, its index, or CUDA-graph capture.
+Batch invariance: block sizes depend on the vocabulary only, every reduction of a
+row happens in a fixed order inside its own programs, and the noise is a pure
+function of (seed, position, token index). So a row's token does not depend on the
+rest of the batch, its index, or CUDA-graph capture.
 """
 
 from __future__ import annotations
@@ -47,13 +49,15 @@ from .sampling_ref import (
     validate_sampling_tensors,
 )
 
-__all__ = ["PenaltyState", "SampleResult", "SamplingTensors", "sample", "triton_available", "philox_bits"]
+__all__ = ["PenaltyState", "SampleResult", "SamplingTensors", "philox_bits", "sample", "triton_available"]
 
-NUM_BINS = 64  # histogram bins: 0..61 window below the max, 62 = everything lower, 63 = -inf / padding
-BINS_PER_NAT = 4.0
-CAP = 4096  # most candidates held in registers by the finalize kernel
-SUB = 256  # tokens per sub-block whose max is recorded for skipping
-NEG_INF_KEY = tl.constexpr(-2139095041)  # _order_key(-inf)
+NUM_BINS = 64  # histogram bins: 0..61 below the max bin, 62 = everything lower, 63 = -inf / padding
+BLOCK = 4096  # tokens per pass-1 / pass-2 program
+SUB = 256  # tokens per sub-block whose max is kept for skipping
+CAP = 4096  # candidates the finalize kernel holds in registers
+LOOP_BLOCK = 2048  # tokens per iteration of the fallback's passes over a row
+NEG_INF_KEY = tl.constexpr(-2139095041)  # order key of -inf
+NO_ANCHOR = tl.constexpr(-(2**30))  # anchor bin of a block with no finite logit
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -72,7 +76,11 @@ def _processed_logits(
     pen_row, seen_ptr, counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr,
     HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
 ):
-    """Steps 1-3 of the reference for the tokens ``offs`` (``-inf`` where not ``live``)."""
+    """Steps 1-3 of the reference for the tokens ``offs`` (``-inf`` where not ``live``).
+
+    Divisions are IEEE-rounded (div_rn) and launches disable FMA contraction, so z is
+    bit-identical to the torch reference.
+    """
     row64 = row.to(tl.int64)
     x = tl.load(logits_ptr + row64 * row_stride + offs, mask=live, other=float("-inf")).to(tl.float32)
     if HAS_PEN:
@@ -85,7 +93,7 @@ def _processed_logits(
             x = x - freq * count.to(tl.float32)
             x = tl.where(count > 0, x - pres, x)
     if HAS_BIAS:
-        x = x + tl.load(bias_ptr + row64 * vocab + offs, mask=live, other=0.0).to(tl.float32)
+        x = x + tl.load(bias_ptr + row64 * vocab + offs, mask=live, other=0.0)
     if HAS_MASK:
         allowed = tl.load(mask_ptr + row64 * vocab + offs, mask=live, other=0)
         x = tl.where(allowed != 0, x, float("-inf"))
@@ -95,7 +103,7 @@ def _processed_logits(
 
 @triton.jit
 def _order_key(z):
-    """int32 key with the order of the float32 values (-0.0 and +0.0 share key 0)."""
+    """int32 key ordered like the float32 values (-0.0 and +0.0 share key 0)."""
     bits = tl.where(z == 0.0, 0.0, z).to(tl.int32, bitcast=True)
     return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
 
@@ -108,21 +116,20 @@ def _key_to_float(key):
 
 @triton.jit
 def _bin_of(z):
-    """Absolute bin of z on a 1/BINS_PER_NAT grid (finite z)."""
-    clamped = tl.minimum(tl.maximum(z, -1.0e8), 1.0e8)
-    return tl.floor(clamped * 4.0).to(tl.int32)
+    """Absolute bin of a finite z on the 1/4-nat grid."""
+    return tl.floor(tl.minimum(tl.maximum(z, -1.0e8), 1.0e8) * 4.0).to(tl.int32)
 
 
 @triton.jit
 def _rel_bin(z, anchor, NUM_BINS: tl.constexpr):
-    """Bins below the anchor (max) bin; NUM_BINS-2 collects the rest, NUM_BINS-1 is -inf."""
+    """Bins below the anchor bin, NUM_BINS-2 for all lower, NUM_BINS-1 for -inf."""
     rel = tl.minimum(anchor - _bin_of(z), NUM_BINS - 2)
     return tl.where(z == float("-inf"), NUM_BINS - 1, rel)
 
 
 @triton.jit
 def _noise_bits(seed, position, token):
-    """32 random bits per token: Philox4x32-10 of (seed; token >> 2, position, 0, 0), lane token & 3."""
+    """32 random bits per token: Philox4x32-10 of (seed; token >> 2, position, 0, 0), output token & 3."""
     offset = (position.to(tl.int64) << 32) | (token >> 2).to(tl.int64)
     r0, r1, r2, r3 = tl.randint4x(seed, offset)
     lane = token & 3
@@ -130,196 +137,220 @@ def _noise_bits(seed, position, token):
 
 
 @triton.jit
-def _noise_bits_block(seed, position, start, BLOCK: tl.constexpr):
-    """_noise_bits for tokens start..start+BLOCK-1 at a quarter of the cost (start % 4 == 0)."""
-    group = start // 4 + tl.arange(0, BLOCK // 4)
+def _noise_bits_block(seed, position, start, SIZE: tl.constexpr):
+    """_noise_bits of tokens start..start+SIZE-1 at a quarter of the cost (start % 4 == 0)."""
+    group = start // 4 + tl.arange(0, SIZE // 4)
     offset = (position.to(tl.int64) << 32) | group.to(tl.int64)
     r0, r1, r2, r3 = tl.randint4x(seed, offset)
-    return tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), [BLOCK])
+    return tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), [SIZE])
 
 
 @triton.jit
 def _gumbel_scores(z, bits):
-    """``z - log(E)``, E = -log(1 - v) exponential, v = (r + 0.5) * 2**-32."""
+    """``z - log(E)``: E = -log(1 - v) is exponential, v = (r + 0.5) * 2**-32."""
     v = (bits.to(tl.float32) + 0.5) * 2.3283064365386963e-10
     y = 1.0 - v
-    # -log1p(-v) without cancellation (Goldberg): exact ratio correction of log(y).
+    # -log1p(-v) without cancellation: log(y) corrected by the exact ratio v / (1 - y).
     expo = tl.where(y == 1.0, v, -tl.log(y) * (v / (1.0 - y)))
     return z - tl.log(expo)
 
 
 @triton.jit
-def _shift_hist(hist, shift, NUM_BINS: tl.constexpr):
-    """Re-anchor the histogram ``shift`` bins lower (the max went up)."""
-    src = tl.arange(0, NUM_BINS)
-    dest = tl.where(src == NUM_BINS - 1, NUM_BINS - 1, tl.minimum(src + shift, NUM_BINS - 2))
-    hit = dest[:, None] == tl.arange(0, NUM_BINS)[None, :]
-    return tl.sum(tl.where(hit, hist[:, None], 0), axis=0)
+def _add_pair(a0, a1, b0, b1):
+    return a0 + b0, a1 + b1
 
 
 @triton.jit
 def _load_row_params(fparams_ptr, iparams_ptr, row):
     f = fparams_ptr + row * 8
     i = iparams_ptr + row * 8
-    temp = tl.load(f + 0)
-    top_p = tl.load(f + 1)
-    log_min_p = tl.load(f + 2)
-    rep = tl.load(f + 3)
-    freq = tl.load(f + 4)
-    pres = tl.load(f + 5)
-    mode = tl.load(i + 0).to(tl.int32)
-    top_k = tl.load(i + 1).to(tl.int32)
-    pen_row = tl.load(i + 2).to(tl.int32)
-    seed = tl.load(i + 3)
-    position = tl.load(i + 4)
-    return temp, top_p, log_min_p, rep, freq, pres, mode, top_k, pen_row, seed, position
+    return (
+        tl.load(f + 0), tl.load(f + 1), tl.load(f + 2), tl.load(f + 3), tl.load(f + 4), tl.load(f + 5),
+        tl.load(i + 0).to(tl.int32), tl.load(i + 1).to(tl.int32), tl.load(i + 2).to(tl.int32),
+        tl.load(i + 3), tl.load(i + 4),
+    )
 
 
 # ----------------------------------------------------------------------------- pass 1
 
 
 @triton.jit
-def _stats_kernel(
+def _block_stats_kernel(
     logits_ptr, row_stride, fparams_ptr, iparams_ptr, seen_ptr, counts_ptr, num_words, bias_ptr, mask_ptr,
-    submax_ptr, stats_f_ptr, stats_i_ptr, vocab, num_sub,
-    N_TOP: tl.constexpr, HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+    submax_ptr, part_f_ptr, part_i_ptr, hist_ptr, vocab, num_sub, num_blocks,
+    HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     BLOCK: tl.constexpr, SUB: tl.constexpr, NUM_BINS: tl.constexpr,
 ):
     row = tl.program_id(0)
+    blk = tl.program_id(1)
     temp, top_p, log_min_p, rep, freq, pres, mode, top_k, pen_row, seed, position = _load_row_params(
         fparams_ptr, iparams_ptr, row)
     lanes = tl.arange(0, BLOCK)
-    m_run = float("-inf")
-    s_run = 0.0
-    anchor = -(2**30)
-    hist = tl.zeros([NUM_BINS], tl.int32)
-    best = float("-inf")
-    best_idx = 0
-    best_z = float("-inf")
-    for start in range(0, vocab, BLOCK):
-        offs = start + lanes
-        inb = offs < vocab
-        z = _processed_logits(logits_ptr, row_stride, row, offs, inb, vocab, temp, pen_row, seen_ptr, counts_ptr,
-                              num_words, rep, freq, pres, bias_ptr, mask_ptr, HAS_PEN, HAS_BIAS, HAS_MASK)
-        sub_ids = start // SUB + tl.arange(0, BLOCK // SUB)
-        sub_max = tl.max(tl.reshape(z, [BLOCK // SUB, SUB]), axis=1)
-        tl.store(submax_ptr + row * num_sub + sub_ids, sub_max, mask=sub_ids < num_sub)
+    offs = blk * BLOCK + lanes
+    z = _processed_logits(logits_ptr, row_stride, row, offs, offs < vocab, vocab, temp, pen_row, seen_ptr,
+                          counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr, HAS_PEN, HAS_BIAS, HAS_MASK)
 
-        # Greedy rows: argmax of z; unfiltered sampled rows: Gumbel-max over the whole row.
-        if mode == 1:
-            score = _gumbel_scores(z, _noise_bits_block(seed, position, start, BLOCK))
-        else:
-            score = z
-        blk_best = tl.max(score, axis=0)
-        blk_arg = tl.argmax(score, axis=0)
-        better = blk_best > best
-        best_z = tl.where(better, tl.sum(tl.where(lanes == blk_arg, z, 0.0), axis=0), best_z)
-        best_idx = tl.where(better, start + blk_arg, best_idx)
-        best = tl.where(better, blk_best, best)
+    sub_ids = blk * (BLOCK // SUB) + tl.arange(0, BLOCK // SUB)
+    sub_max = tl.max(tl.reshape(z, [BLOCK // SUB, SUB]), axis=1)
+    tl.store(submax_ptr + row * num_sub + sub_ids, sub_max, mask=sub_ids < num_sub)
 
-        m_new = tl.maximum(m_run, tl.max(z, axis=0))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        s_run = s_run * tl.exp(m_run - m_safe) + tl.sum(tl.exp(z - m_safe), axis=0)
-        new_anchor = tl.where(m_new == float("-inf"), anchor, _bin_of(m_new))
-        if new_anchor > anchor:
-            hist = _shift_hist(hist, new_anchor - anchor, NUM_BINS)
-        anchor = new_anchor
-        hist += tl.histogram(_rel_bin(z, anchor, NUM_BINS), NUM_BINS)
-        m_run = m_new
+    z_max = tl.max(z, axis=0)
+    finite = z_max > float("-inf")
+    z_sum = tl.sum(tl.exp(z - tl.where(finite, z_max, 0.0)), axis=0)
+    anchor = tl.where(finite, _bin_of(z_max), NO_ANCHOR)
+    hist = tl.histogram(_rel_bin(z, anchor, NUM_BINS), NUM_BINS)
 
-    # Cut bin J: all tokens the filters may keep lie in bins <= J.
-    REST: tl.constexpr = NUM_BINS - 2
-    bins = tl.arange(0, NUM_BINS)
-    usable = bins <= REST
-    cum = tl.cumsum(hist, axis=0)
-    # A token in bin j has exp(z - m) > exp(-(j + 1) / 4); one more bin of slack for rounding.
-    weight = tl.where(bins < REST, tl.exp(-(bins + 2).to(tl.float32) / 4.0), 0.0)
-    cum_mass_lb = tl.cumsum(hist.to(tl.float32) * weight, axis=0)
-    j_k = tl.min(tl.where(usable & (cum >= top_k), bins, REST), axis=0)
-    j_p = tl.min(tl.where(usable & (cum_mass_lb >= top_p * s_run), bins, REST), axis=0)
-    j_n = tl.min(tl.where(usable & (cum >= N_TOP), bins, REST), axis=0)
-    j_min = tl.minimum(tl.maximum(anchor - _bin_of(m_run + log_min_p), 0), REST)
-    j_kp = tl.minimum(tl.where(top_k > 0, j_k, REST), tl.where(top_p < 1.0, j_p, REST))
-    min_p_on = log_min_p > float("-inf")
-    j_filter = tl.minimum(j_kp, tl.where(min_p_on, j_min, REST))
-    min_p_exact = (min_p_on & (j_min <= j_kp)).to(tl.int32)
-    if N_TOP > 0:
-        cut = tl.where(mode == 2, j_filter, j_n)
+    # Greedy rows: argmax of z. Unfiltered sampled rows: Gumbel-max over the block.
+    if mode == 1:
+        score = _gumbel_scores(z, _noise_bits_block(seed, position, blk * BLOCK, BLOCK))
     else:
-        cut = tl.where(mode == 2, j_filter, -1)
+        score = z
+    best, arg = tl.max(score, axis=0, return_indices=True)
+    best_z = tl.sum(tl.where(lanes == arg, z, 0.0), axis=0)
 
-    tl.store(stats_f_ptr + row * 4 + 0, m_run)
-    tl.store(stats_f_ptr + row * 4 + 1, s_run)
-    tl.store(stats_f_ptr + row * 4 + 2, best_z)
-    tl.store(stats_i_ptr + row * 4 + 0, anchor)
-    tl.store(stats_i_ptr + row * 4 + 1, cut)
-    tl.store(stats_i_ptr + row * 4 + 2, min_p_exact)
-    tl.store(stats_i_ptr + row * 4 + 3, best_idx)
+    part = (row * num_blocks + blk) * 4
+    tl.store(part_f_ptr + part + 0, z_max)
+    tl.store(part_f_ptr + part + 1, z_sum)
+    tl.store(part_f_ptr + part + 2, best)
+    tl.store(part_f_ptr + part + 3, best_z)
+    tl.store(part_i_ptr + part + 0, anchor)
+    tl.store(part_i_ptr + part + 1, blk * BLOCK + arg)
+    tl.store(hist_ptr + (row * num_blocks + blk) * NUM_BINS + tl.arange(0, NUM_BINS), hist)
 
 
 # ----------------------------------------------------------------------------- pass 2
 
 
 @triton.jit
+def _row_summary(
+    row, num_blocks, part_f_ptr, part_i_ptr, hist_ptr, mode, top_k, top_p, log_min_p,
+    N_TOP: tl.constexpr, NBLK_P2: tl.constexpr, NUM_BINS: tl.constexpr,
+):
+    """Merge a row's block summaries; pick the cut bin and count each block's candidates."""
+    REST: tl.constexpr = NUM_BINS - 2
+    blks = tl.arange(0, NBLK_P2)
+    valid = blks < num_blocks
+    part = (row * num_blocks + blks) * 4
+    b_max = tl.load(part_f_ptr + part + 0, mask=valid, other=float("-inf"))
+    b_sum = tl.load(part_f_ptr + part + 1, mask=valid, other=0.0)
+    b_best = tl.load(part_f_ptr + part + 2, mask=valid, other=float("-inf"))
+    b_best_z = tl.load(part_f_ptr + part + 3, mask=valid, other=float("-inf"))
+    b_anchor = tl.load(part_i_ptr + part + 0, mask=valid, other=NO_ANCHOR)
+    b_arg = tl.load(part_i_ptr + part + 1, mask=valid, other=0)
+
+    m = tl.max(b_max, axis=0)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    s = tl.sum(b_sum * tl.exp(b_max - m_safe), axis=0)
+    best = tl.max(b_best, axis=0)
+    win = tl.min(tl.where(b_best == best, blks, NBLK_P2), axis=0)
+    token = tl.sum(tl.where(blks == win, b_arg, 0), axis=0)
+    token_z = tl.sum(tl.where(blks == win, b_best_z, 0.0), axis=0)
+
+    # Re-anchor every block histogram at the row's max bin: bin b of block i is bin b + shift_i.
+    anchor = tl.where(m == float("-inf"), NO_ANCHOR, _bin_of(m))
+    shift = anchor - b_anchor
+    bins = tl.arange(0, NUM_BINS)
+    rows_ptr = hist_ptr + (row * num_blocks + blks)[:, None] * NUM_BINS
+    raw = tl.load(rows_ptr + bins[None, :], mask=valid[:, None], other=0)
+    src = bins[None, :] - shift[:, None]
+    moved = tl.load(rows_ptr + src, mask=valid[:, None] & (src >= 0) & (bins[None, :] < REST), other=0)
+    low = tl.sum(moved, axis=0)
+    n_finite = tl.sum(tl.sum(tl.where(bins[None, :] <= REST, raw, 0), axis=1), axis=0)
+    hist = tl.where(bins == REST, n_finite - tl.sum(low, axis=0), low)
+
+    usable = bins <= REST
+    cum = tl.cumsum(hist, axis=0)
+    # A token in bin j has exp(z - m) > exp(-(j + 1) / 4); one more bin of slack for rounding.
+    weight = tl.where(bins < REST, tl.exp(-(bins + 2).to(tl.float32) * 0.25), 0.0)
+    cum_mass_lb = tl.cumsum(hist.to(tl.float32) * weight, axis=0)
+    j_k = tl.min(tl.where(usable & (cum >= top_k), bins, REST), axis=0)
+    j_p = tl.min(tl.where(usable & (cum_mass_lb >= top_p * s), bins, REST), axis=0)
+    j_min = tl.minimum(tl.maximum(anchor - _bin_of(m + log_min_p), 0), REST)
+    j_kp = tl.minimum(tl.where(top_k > 0, j_k, REST), tl.where(top_p < 1.0, j_p, REST))
+    min_p_on = log_min_p > float("-inf")
+    j_filter = tl.minimum(j_kp, tl.where(min_p_on, j_min, REST))
+    min_p_exact = (min_p_on & (j_min <= j_kp)).to(tl.int32)
+    if N_TOP > 0:
+        j_n = tl.min(tl.where(usable & (cum >= N_TOP), bins, REST), axis=0)
+        cut = tl.where(mode == 2, j_filter, j_n)
+    else:
+        cut = tl.where(mode == 2, j_filter, -1)
+
+    in_cut = (bins[None, :] <= REST) & (tl.minimum(bins[None, :] + shift[:, None], REST) <= cut)
+    blk_counts = tl.sum(tl.where(in_cut, raw, 0), axis=1)
+    return m, s, anchor, cut, min_p_exact, token, token_z, blk_counts
+
+
+@triton.jit
 def _compact_kernel(
     logits_ptr, row_stride, fparams_ptr, iparams_ptr, seen_ptr, counts_ptr, num_words, bias_ptr, mask_ptr,
-    submax_ptr, stats_i_ptr, cand_val_ptr, cand_idx_ptr, cand_cnt_ptr, vocab, num_sub,
-    CAP: tl.constexpr, HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    BLOCK: tl.constexpr, SUB: tl.constexpr, NUM_BINS: tl.constexpr,
+    submax_ptr, part_f_ptr, part_i_ptr, hist_ptr, stats_f_ptr, stats_i_ptr, cand_val_ptr, cand_idx_ptr,
+    vocab, num_sub, num_blocks,
+    N_TOP: tl.constexpr, CAP: tl.constexpr, HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_MASK: tl.constexpr, BLOCK: tl.constexpr, SUB: tl.constexpr, NUM_BINS: tl.constexpr,
+    NBLK_P2: tl.constexpr,
 ):
-    """Copy the tokens in bins <= J, in token order, to the row's candidate buffer."""
+    """Copy the block's tokens in bins <= cut to the row's candidate buffer, in token order."""
     row = tl.program_id(0)
-    anchor = tl.load(stats_i_ptr + row * 4 + 0)
-    cut = tl.load(stats_i_ptr + row * 4 + 1)
-    count = 0
-    if cut >= 0:
-        temp, top_p, log_min_p, rep, freq, pres, mode, top_k, pen_row, seed, position = _load_row_params(
-            fparams_ptr, iparams_ptr, row)
-        lanes = tl.arange(0, BLOCK)
-        for start in range(0, vocab, BLOCK):
-            offs = start + lanes
-            inb = offs < vocab
-            sub_max = tl.load(submax_ptr + row * num_sub + offs // SUB, mask=inb, other=float("-inf"))
-            live = inb & (_rel_bin(sub_max, anchor, NUM_BINS) <= cut)
-            if tl.max(live.to(tl.int32), axis=0) > 0:
-                z = _processed_logits(logits_ptr, row_stride, row, offs, live, vocab, temp, pen_row, seen_ptr,
-                                      counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr,
-                                      HAS_PEN, HAS_BIAS, HAS_MASK)
-                is_cand = live & (_rel_bin(z, anchor, NUM_BINS) <= cut)
-                flag = is_cand.to(tl.int32)
-                slot = count + tl.cumsum(flag, axis=0) - flag
-                store = is_cand & (slot < CAP)
-                tl.store(cand_val_ptr + row * CAP + slot, z, mask=store)
-                tl.store(cand_idx_ptr + row * CAP + slot, offs, mask=store)
-                count += tl.sum(flag, axis=0)
-    tl.store(cand_cnt_ptr + row, count)
+    blk = tl.program_id(1)
+    temp, top_p, log_min_p, rep, freq, pres, mode, top_k, pen_row, seed, position = _load_row_params(
+        fparams_ptr, iparams_ptr, row)
+    m, s, anchor, cut, min_p_exact, token, token_z, blk_counts = _row_summary(
+        row, num_blocks, part_f_ptr, part_i_ptr, hist_ptr, mode, top_k, top_p, log_min_p,
+        N_TOP, NBLK_P2, NUM_BINS)
+    blks = tl.arange(0, NBLK_P2)
+    before = tl.sum(tl.where(blks < blk, blk_counts, 0), axis=0)
+    mine = tl.sum(tl.where(blks == blk, blk_counts, 0), axis=0)
+    if blk == 0:
+        tl.store(stats_f_ptr + row * 4 + 0, m)
+        tl.store(stats_f_ptr + row * 4 + 1, s)
+        tl.store(stats_f_ptr + row * 4 + 2, token_z)
+        tl.store(stats_i_ptr + row * 4 + 0, tl.sum(blk_counts, axis=0))
+        tl.store(stats_i_ptr + row * 4 + 1, cut)
+        tl.store(stats_i_ptr + row * 4 + 2, min_p_exact)
+        tl.store(stats_i_ptr + row * 4 + 3, token)
+    if (mine > 0) & (before < CAP):
+        offs = blk * BLOCK + tl.arange(0, BLOCK)
+        inb = offs < vocab
+        sub_max = tl.load(submax_ptr + row * num_sub + offs // SUB, mask=inb, other=float("-inf"))
+        live = inb & (_rel_bin(sub_max, anchor, NUM_BINS) <= cut)
+        z = _processed_logits(logits_ptr, row_stride, row, offs, live, vocab, temp, pen_row, seen_ptr,
+                              counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr,
+                              HAS_PEN, HAS_BIAS, HAS_MASK)
+        flag = (live & (_rel_bin(z, anchor, NUM_BINS) <= cut)).to(tl.int32)
+        slot = before + tl.cumsum(flag, axis=0) - flag
+        store = (flag != 0) & (slot < CAP)
+        tl.store(cand_val_ptr + row * CAP + slot, z, mask=store)
+        tl.store(cand_idx_ptr + row * CAP + slot, offs, mask=store)
 
 
-# ----------------------------------------------------------------------------- pass 3
+# ----------------------------------------------------------------------------- pass 3 fallbacks
 
 
 @triton.jit
 def _count_mass_above(
-    key_lo, min_z, m_safe, logits_ptr, row_stride, row, vocab, temp, pen_row, seen_ptr, counts_ptr, num_words,
+    key_lo, m_safe, logits_ptr, row_stride, row, vocab, temp, pen_row, seen_ptr, counts_ptr, num_words,
     rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
-    HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr, SUB: tl.constexpr,
+    HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, SIZE: tl.constexpr,
+    SUB: tl.constexpr,
 ):
-    """Count and ``sum(exp(z - m))`` of the finite tokens with key >= key_lo and z >= min_z (full row)."""
-    lanes = tl.arange(0, BLOCK)
+    """Count and ``sum(exp(z - m))`` of the finite tokens with key >= key_lo, by a pass over the row."""
+    lanes = tl.arange(0, SIZE)
     count = 0
     mass = 0.0
-    for start in range(0, vocab, BLOCK):
+    for start in range(0, vocab, SIZE):
         offs = start + lanes
         inb = offs < vocab
         sub_max = tl.load(submax_ptr + row * num_sub + offs // SUB, mask=inb, other=float("-inf"))
-        live = inb & (_order_key(sub_max) >= key_lo) & (sub_max >= min_z) & (sub_max > float("-inf"))
+        live = inb & (_order_key(sub_max) >= key_lo) & (sub_max > float("-inf"))
         if tl.max(live.to(tl.int32), axis=0) > 0:
             z = _processed_logits(logits_ptr, row_stride, row, offs, live, vocab, temp, pen_row, seen_ptr,
                                   counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr,
                                   HAS_PEN, HAS_BIAS, HAS_MASK)
-            hit = live & (_order_key(z) >= key_lo) & (z >= min_z) & (z > float("-inf"))
-            count += tl.sum(hit.to(tl.int32), axis=0)
-            mass += tl.sum(tl.where(hit, tl.exp(z - m_safe), 0.0), axis=0)
+            hit = live & (_order_key(z) >= key_lo) & (z > float("-inf"))
+            n, e = tl.reduce((hit.to(tl.int32), tl.where(hit, tl.exp(z - m_safe), 0.0)), 0, _add_pair)
+            count += n
+            mass += e
     return count, mass
 
 
@@ -327,15 +358,16 @@ def _count_mass_above(
 def _sample_full_row(
     key_lo, min_z, m_safe, seed, position, logits_ptr, row_stride, row, vocab, temp, pen_row, seen_ptr,
     counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
-    HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr, SUB: tl.constexpr,
+    HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, SIZE: tl.constexpr,
+    SUB: tl.constexpr,
 ):
     """Gumbel-max over the kept tokens of the whole row; returns (token, its z, kept mass)."""
-    lanes = tl.arange(0, BLOCK)
+    lanes = tl.arange(0, SIZE)
     best = float("-inf")
     best_idx = 0
     best_z = float("-inf")
     mass = 0.0
-    for start in range(0, vocab, BLOCK):
+    for start in range(0, vocab, SIZE):
         offs = start + lanes
         inb = offs < vocab
         sub_max = tl.load(submax_ptr + row * num_sub + offs // SUB, mask=inb, other=float("-inf"))
@@ -346,10 +378,9 @@ def _sample_full_row(
                                   HAS_PEN, HAS_BIAS, HAS_MASK)
             kept = live & (_order_key(z) >= key_lo) & (z >= min_z) & (z > float("-inf"))
             mass += tl.sum(tl.where(kept, tl.exp(z - m_safe), 0.0), axis=0)
-            score = tl.where(kept, _gumbel_scores(z, _noise_bits_block(seed, position, start, BLOCK)),
+            score = tl.where(kept, _gumbel_scores(z, _noise_bits_block(seed, position, start, SIZE)),
                              float("-inf"))
-            blk_best = tl.max(score, axis=0)
-            blk_arg = tl.argmax(score, axis=0)
+            blk_best, blk_arg = tl.max(score, axis=0, return_indices=True)
             better = blk_best > best
             best_z = tl.where(better, tl.sum(tl.where(lanes == blk_arg, z, 0.0), axis=0), best_z)
             best_idx = tl.where(better, start + blk_arg, best_idx)
@@ -358,21 +389,33 @@ def _sample_full_row(
 
 
 @triton.jit
+def _top_key(key, idx):
+    """int64 ordered by (key desc, idx asc) under max(): key in the high word."""
+    return (key.to(tl.int64) << 32) | (0x7FFFFFFF - idx).to(tl.int64)
+
+
+@triton.jit
+def _store_top(top_id_ptr, top_lp_ptr, i, top, log_norm):
+    found = top != -9223372036854775808
+    z = _key_to_float((top >> 32).to(tl.int32))
+    token = 0x7FFFFFFF - (top & 0xFFFFFFFF)
+    tl.store(top_id_ptr + i, tl.where(found, token, -1))
+    tl.store(top_lp_ptr + i, tl.where(found, z - log_norm, float("-inf")))
+
+
+@triton.jit
 def _top_full_row(
     key_lo, min_z, log_norm, top_id_ptr, top_lp_ptr, logits_ptr, row_stride, row, vocab, temp, pen_row, seen_ptr,
     counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
     N_TOP: tl.constexpr, HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    BLOCK: tl.constexpr, SUB: tl.constexpr,
+    SIZE: tl.constexpr, SUB: tl.constexpr,
 ):
-    """Top-n kept tokens by n passes over the row, each taking the next (value desc, index asc)."""
-    lanes = tl.arange(0, BLOCK)
-    prev_key = 2147483647
-    prev_idx = -1
+    """Top-n kept tokens by n passes over the row, each taking the next one down."""
+    lanes = tl.arange(0, SIZE)
+    prev = 9223372036854775807
     for i in tl.static_range(N_TOP):
-        best_key = -2147483648
-        best_idx = -1
-        best_z = float("-inf")
-        for start in range(0, vocab, BLOCK):
+        top = -9223372036854775808
+        for start in range(0, vocab, SIZE):
             offs = start + lanes
             inb = offs < vocab
             sub_max = tl.load(submax_ptr + row * num_sub + offs // SUB, mask=inb, other=float("-inf"))
@@ -382,30 +425,24 @@ def _top_full_row(
                                       counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr,
                                       HAS_PEN, HAS_BIAS, HAS_MASK)
                 key = _order_key(z)
-                ok = live & (key >= key_lo) & (z >= min_z) & (z > float("-inf"))
-                ok = ok & ((key < prev_key) | ((key == prev_key) & (offs > prev_idx)))
-                key = tl.where(ok, key, -2147483648)
-                blk_key = tl.max(key, axis=0)
-                blk_idx = tl.min(tl.where(ok & (key == blk_key), offs, 2147483647), axis=0)
-                better = (tl.max(ok.to(tl.int32), axis=0) > 0) & (blk_key > best_key)
-                best_z = tl.where(better, tl.sum(tl.where(offs == blk_idx, z, 0.0), axis=0), best_z)
-                best_idx = tl.where(better, blk_idx, best_idx)
-                best_key = tl.where(better, blk_key, best_key)
-        found = best_idx >= 0
-        tl.store(top_id_ptr + i, tl.where(found, best_idx, -1).to(tl.int64))
-        tl.store(top_lp_ptr + i, tl.where(found, best_z - log_norm, float("-inf")))
-        prev_key = best_key
-        prev_idx = best_idx
+                kept = live & (key >= key_lo) & (z >= min_z) & (z > float("-inf"))
+                ranked = tl.where(kept, _top_key(key, offs), -9223372036854775808)
+                top = tl.maximum(top, tl.max(tl.where(ranked < prev, ranked, -9223372036854775808), axis=0))
+        _store_top(top_id_ptr, top_lp_ptr, i, top, log_norm)
+        prev = top
+
+
+# ----------------------------------------------------------------------------- pass 3
 
 
 @triton.jit
 def _finalize_kernel(
     logits_ptr, row_stride, fparams_ptr, iparams_ptr, seen_ptr, counts_ptr, num_words, bias_ptr, mask_ptr,
-    submax_ptr, stats_f_ptr, stats_i_ptr, cand_val_ptr, cand_idx_ptr, cand_cnt_ptr,
+    submax_ptr, stats_f_ptr, stats_i_ptr, cand_val_ptr, cand_idx_ptr,
     token_ptr, logprob_ptr, top_id_ptr, top_lp_ptr, tau_ptr, vocab, num_sub,
     CAP: tl.constexpr, N_TOP: tl.constexpr, WANT_LP: tl.constexpr,
     HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    BLOCK: tl.constexpr, SUB: tl.constexpr, NUM_BINS: tl.constexpr,
+    SIZE: tl.constexpr, SUB: tl.constexpr, NUM_BINS: tl.constexpr,
 ):
     row = tl.program_id(0)
     temp, top_p, log_min_p, rep, freq, pres, mode, top_k, pen_row, seed, position = _load_row_params(
@@ -413,12 +450,12 @@ def _finalize_kernel(
     m = tl.load(stats_f_ptr + row * 4 + 0)
     s = tl.load(stats_f_ptr + row * 4 + 1)
     token_z = tl.load(stats_f_ptr + row * 4 + 2)
+    count = tl.load(stats_i_ptr + row * 4 + 0)
     cut = tl.load(stats_i_ptr + row * 4 + 1)
     min_p_exact = tl.load(stats_i_ptr + row * 4 + 2)
     token = tl.load(stats_i_ptr + row * 4 + 3)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
 
-    count = tl.load(cand_cnt_ptr + row)
     fits = (cut >= 0) & (count <= CAP)
     slots = tl.arange(0, CAP)
     in_buf = slots < tl.where(fits, count, 0)
@@ -436,6 +473,8 @@ def _finalize_kernel(
         p_on = top_p < 1.0
         target = top_p * s
         min_z = m + log_min_p
+        # Bracket the top-k/top-p threshold: the lowest candidate must satisfy a filter
+        # unless the candidates are all finite tokens or exactly the min-p set.
         low_key = tl.min(tl.where(in_buf, keys, 2147483647), axis=0)
         holds_low = (k_on & (count >= top_k)) | (p_on & (tl.sum(expz, axis=0) >= target))
         complete = cut >= NUM_BINS - 2
@@ -447,34 +486,35 @@ def _finalize_kernel(
                 while hi - lo > 1:
                     mid = (lo + hi) >> 1
                     above = keys >= mid
-                    ok = (k_on & (tl.sum(above.to(tl.int32), axis=0) >= top_k)) | (
-                        p_on & (tl.sum(tl.where(above, expz, 0.0), axis=0) >= target))
+                    n_above, mass_above = tl.reduce(
+                        (above.to(tl.int32), tl.where(above, expz, 0.0)), 0, _add_pair)
+                    ok = (k_on & (n_above >= top_k)) | (p_on & (mass_above >= target))
                     lo = tl.where(ok, mid, lo)
                     hi = tl.where(ok, hi, mid)
                 key_lo = lo
-            kept = in_buf & (keys >= key_lo) & (vals >= min_z) & (vals > float("-inf"))
+            kept = in_buf & (keys >= key_lo) & (vals >= min_z)
             mass = tl.sum(tl.where(kept, expz, 0.0), axis=0)
             score = tl.where(kept, _gumbel_scores(vals, _noise_bits(seed, position, idxs)), float("-inf"))
-            win = tl.argmax(score, axis=0)
-            token = tl.sum(tl.where(slots == win, idxs, 0), axis=0)
-            token_z = tl.sum(tl.where(slots == win, vals, 0.0), axis=0)
+            best, win = tl.max(score, axis=0, return_indices=True)
+            token = tl.load(cand_idx_ptr + row * CAP + win, mask=count > 0, other=0)
+            token_z = tl.load(cand_val_ptr + row * CAP + win, mask=count > 0, other=float("-inf"))
         else:
             lo = tl.full([], NEG_INF_KEY, tl.int64)
             hi = _order_key(m).to(tl.int64) + 1
             while hi - lo > 1:
                 mid = (lo + hi) >> 1
                 n_above, mass_above = _count_mass_above(
-                    mid, float("-inf"), m_safe, logits_ptr, row_stride, row, vocab, temp, pen_row, seen_ptr,
-                    counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
-                    HAS_PEN, HAS_BIAS, HAS_MASK, BLOCK, SUB)
+                    mid, m_safe, logits_ptr, row_stride, row, vocab, temp, pen_row, seen_ptr, counts_ptr,
+                    num_words, rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
+                    HAS_PEN, HAS_BIAS, HAS_MASK, SIZE, SUB)
                 ok = (k_on & (n_above >= top_k)) | (p_on & (mass_above >= target))
                 lo = tl.where(ok, mid, lo)
                 hi = tl.where(ok, hi, mid)
             key_lo = lo
             token, token_z, mass = _sample_full_row(
-                key_lo, min_z, m_safe, seed, position, logits_ptr, row_stride, row, vocab, temp, pen_row, seen_ptr,
-                counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
-                HAS_PEN, HAS_BIAS, HAS_MASK, BLOCK, SUB)
+                key_lo, min_z, m_safe, seed, position, logits_ptr, row_stride, row, vocab, temp, pen_row,
+                seen_ptr, counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
+                HAS_PEN, HAS_BIAS, HAS_MASK, SIZE, SUB)
 
     tl.store(token_ptr + row, token.to(tl.int64))
     tl.store(tau_ptr + row, tl.maximum(_key_to_float(key_lo), min_z))
@@ -483,20 +523,18 @@ def _finalize_kernel(
         tl.store(logprob_ptr + row, token_z - log_norm)
     if N_TOP > 0:
         if cands_ok:
-            left = in_buf & (keys >= key_lo) & (vals >= min_z) & (vals > float("-inf"))
+            kept = in_buf & (keys >= key_lo) & (vals >= min_z)
+            ranked = tl.where(kept, _top_key(keys, idxs), -9223372036854775808)
+            prev = 9223372036854775807
             for i in tl.static_range(N_TOP):
-                pick = tl.argmax(tl.where(left, vals, float("-inf")), axis=0)
-                found = tl.sum(tl.where(slots == pick, left.to(tl.int32), 0), axis=0) > 0
-                pick_id = tl.sum(tl.where(slots == pick, idxs, 0), axis=0)
-                pick_z = tl.sum(tl.where(slots == pick, vals, 0.0), axis=0)
-                tl.store(top_id_ptr + row * N_TOP + i, tl.where(found, pick_id, -1).to(tl.int64))
-                tl.store(top_lp_ptr + row * N_TOP + i, tl.where(found, pick_z - log_norm, float("-inf")))
-                left = left & (slots != pick)
+                top = tl.max(tl.where(ranked < prev, ranked, -9223372036854775808), axis=0)
+                _store_top(top_id_ptr + row * N_TOP, top_lp_ptr + row * N_TOP, i, top, log_norm)
+                prev = top
         else:
             _top_full_row(key_lo, min_z, log_norm, top_id_ptr + row * N_TOP, top_lp_ptr + row * N_TOP,
                           logits_ptr, row_stride, row, vocab, temp, pen_row, seen_ptr, counts_ptr, num_words,
                           rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
-                          N_TOP, HAS_PEN, HAS_BIAS, HAS_MASK, BLOCK, SUB)
+                          N_TOP, HAS_PEN, HAS_BIAS, HAS_MASK, SIZE, SUB)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -506,17 +544,22 @@ def _finalize_kernel(
 class _Config:
     block: int
     sub: int
+    num_blocks: int
     num_sub: int
     cap: int
-    num_warps: int
+    loop_block: int
 
 
 def _config(vocab: int, cap: int) -> _Config:
     """Launch shapes: a function of the vocabulary only, so results never depend on the batch."""
-    block = min(2048, max(16, triton.next_power_of_2(vocab)))
+    block = min(BLOCK, max(16, triton.next_power_of_2(vocab)))
     sub = min(SUB, block)
     cap = min(cap, max(16, triton.next_power_of_2(vocab)))
-    return _Config(block, sub, triton.cdiv(vocab, sub), cap, 8 if block >= 1024 else 4)
+    return _Config(block, sub, triton.cdiv(vocab, block), triton.cdiv(vocab, sub), cap, min(LOOP_BLOCK, block))
+
+
+def _warps(size: int) -> int:
+    return 8 if size >= 2048 else 4
 
 
 def _row_params(params: SamplingTensors, penalties: PenaltyState | None, vocab: int) -> tuple[Tensor, Tensor]:
@@ -529,7 +572,7 @@ def _row_params(params: SamplingTensors, penalties: PenaltyState | None, vocab: 
     min_p = params.min_p.float()
     log_min_p = torch.where(min_p > 0, torch.log(min_p), -math.inf)
     filtered = (top_k > 0) | (top_p < 1) | (min_p > 0)
-    mode = torch.where(greedy, 0, torch.where(filtered, 2, 1))
+    mode = torch.where(greedy, 0, torch.where(filtered, 2, 1))  # greedy / sampled / sampled + filters
     rep = params.repetition_penalty.float()
     freq = params.frequency_penalty.float()
     pres = params.presence_penalty.float()
@@ -553,7 +596,10 @@ def sample(
     *,
     validate: bool = True,
 ) -> SampleResult:
-    """Sample one token per row of ``logits`` [B, V]; same contract as ``sampling_ref.sample``."""
+    """Sample one token per row of ``logits`` [B, V]; same contract as ``sampling_ref.sample``.
+
+    ``validate=False`` skips the value checks (one host sync), e.g. inside CUDA graphs.
+    """
     return _sample(logits, params, penalties, num_logprobs, validate=validate)[0]
 
 
@@ -585,29 +631,32 @@ def _sample(
     bias = params.logit_bias.float().contiguous() if has_bias else fparams
     mask = params.allowed_mask.contiguous() if has_mask else fparams
 
-    submax = torch.empty(batch, cfg.num_sub, dtype=torch.float32, device=device)
-    stats_f = torch.empty(batch, 4, dtype=torch.float32, device=device)
-    stats_i = torch.empty(batch, 4, dtype=torch.int32, device=device)
-    cand_val = torch.empty(batch, cfg.cap, dtype=torch.float32, device=device)
-    cand_idx = torch.empty(batch, cfg.cap, dtype=torch.int32, device=device)
-    cand_cnt = torch.empty(batch, dtype=torch.int32, device=device)
-    token_ids = torch.empty(batch, dtype=torch.int64, device=device)
-    logprobs = torch.empty(batch, dtype=torch.float32, device=device)
-    top_ids = torch.empty(batch, n_top, dtype=torch.int64, device=device)
-    top_lp = torch.empty(batch, n_top, dtype=torch.float32, device=device)
-    tau = torch.empty(batch, dtype=torch.float32, device=device)
-    if batch == 0:
-        return _result(token_ids, logprobs, top_ids, top_lp, num_logprobs), tau
+    def empty(*shape, dtype=torch.float32):
+        return torch.empty(*shape, dtype=dtype, device=device)
 
-    common = (logits, logits.stride(0), fparams, iparams, seen, counts, num_words, bias, mask, submax)
-    flags = dict(HAS_PEN=has_pen, HAS_BIAS=has_bias, HAS_MASK=has_mask, BLOCK=cfg.block, SUB=cfg.sub,
-                 NUM_BINS=NUM_BINS, num_warps=cfg.num_warps, enable_fp_fusion=False)
-    grid = (batch,)
-    _stats_kernel[grid](*common, stats_f, stats_i, vocab, cfg.num_sub, N_TOP=n_top, **flags)
-    _compact_kernel[grid](*common, stats_i, cand_val, cand_idx, cand_cnt, vocab, cfg.num_sub, CAP=cfg.cap, **flags)
-    _finalize_kernel[grid](
-        *common, stats_f, stats_i, cand_val, cand_idx, cand_cnt, token_ids, logprobs, top_ids, top_lp, tau,
-        vocab, cfg.num_sub, CAP=cfg.cap, N_TOP=n_top, WANT_LP=num_logprobs is not None, **flags)
+    submax = empty(batch, cfg.num_sub)
+    part_f, part_i = empty(batch, cfg.num_blocks, 4), empty(batch, cfg.num_blocks, 4, dtype=torch.int32)
+    hist = empty(batch, cfg.num_blocks, NUM_BINS, dtype=torch.int32)
+    stats_f, stats_i = empty(batch, 4), empty(batch, 4, dtype=torch.int32)
+    cand_val, cand_idx = empty(batch, cfg.cap), empty(batch, cfg.cap, dtype=torch.int32)
+    token_ids, logprobs, tau = empty(batch, dtype=torch.int64), empty(batch), empty(batch)
+    top_ids, top_lp = empty(batch, n_top, dtype=torch.int64), empty(batch, n_top)
+    if batch > 0:
+        inputs = (logits, logits.stride(0), fparams, iparams, seen, counts, num_words, bias, mask, submax)
+        flags = dict(HAS_PEN=has_pen, HAS_BIAS=has_bias, HAS_MASK=has_mask, SUB=cfg.sub, NUM_BINS=NUM_BINS,
+                     enable_fp_fusion=False)
+        per_block = (batch, cfg.num_blocks)
+        _block_stats_kernel[per_block](
+            *inputs, part_f, part_i, hist, vocab, cfg.num_sub, cfg.num_blocks,
+            BLOCK=cfg.block, num_warps=_warps(cfg.block), **flags)
+        _compact_kernel[per_block](
+            *inputs, part_f, part_i, hist, stats_f, stats_i, cand_val, cand_idx, vocab, cfg.num_sub,
+            cfg.num_blocks, N_TOP=n_top, CAP=cfg.cap, BLOCK=cfg.block,
+            NBLK_P2=triton.next_power_of_2(cfg.num_blocks), num_warps=_warps(cfg.block), **flags)
+        _finalize_kernel[(batch,)](
+            *inputs, stats_f, stats_i, cand_val, cand_idx, token_ids, logprobs, top_ids, top_lp, tau,
+            vocab, cfg.num_sub, CAP=cfg.cap, N_TOP=n_top, WANT_LP=num_logprobs is not None,
+            SIZE=cfg.loop_block, num_warps=_warps(cfg.cap), **flags)
     return _result(token_ids, logprobs, top_ids, top_lp, num_logprobs), tau
 
 
@@ -623,27 +672,30 @@ def _result(token_ids, logprobs, top_ids, top_lp, num_logprobs) -> SampleResult:
 
 
 @triton.jit
-def _philox_bits_kernel(seed_ptr, position_ptr, token_ptr, out_ptr, n, BLOCK: tl.constexpr, CONTIGUOUS: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+def _philox_bits_kernel(seed_ptr, position_ptr, token_ptr, out_ptr, n, SIZE: tl.constexpr, CONTIGUOUS: tl.constexpr):
+    start = tl.program_id(0) * SIZE
+    offs = start + tl.arange(0, SIZE)
     live = offs < n
     seed = tl.load(seed_ptr)
     position = tl.load(position_ptr)
     if CONTIGUOUS:
-        bits = _noise_bits_block(seed, position, tl.program_id(0) * BLOCK, BLOCK)
+        bits = _noise_bits_block(seed, position, start, SIZE)
     else:
         bits = _noise_bits(seed, position, tl.load(token_ptr + offs, mask=live, other=0))
     tl.store(out_ptr + offs, bits.to(tl.int64) & 0xFFFFFFFF, mask=live)
 
 
-def philox_bits(seed: int, position: int, tokens: Tensor | int, *, contiguous: bool = False) -> Tensor:
-    """The kernel's random bits for one (seed, position): of ``tokens`` (int32), or of
-    tokens 0..n-1 through the block path when ``contiguous`` (then ``tokens`` is n)."""
+def philox_bits(seed: int, position: int, tokens: Tensor | int, *, device=None) -> Tensor:
+    """The kernel's 32 random bits (int64) for one (seed, position): of the int32 ``tokens``,
+    or of tokens 0..tokens-1 through the block path when ``tokens`` is an int."""
+    contiguous = isinstance(tokens, int)
     n = tokens if contiguous else tokens.numel()
-    device = "cpu" if contiguous else tokens.device
+    device = device if contiguous else tokens.device
     token_arg = torch.zeros(1, dtype=torch.int32, device=device) if contiguous else tokens.int().contiguous()
-    seed_t = torch.tensor([seed], dtype=torch.int64, device=device)
-    pos_t = torch.tensor([position], dtype=torch.int64, device=device)
     out = torch.empty(n, dtype=torch.int64, device=device)
-    block = 256
-    _philox_bits_kernel[(triton.cdiv(n, block),)](seed_t, pos_t, token_arg, out, n, BLOCK=block, CONTIGUOUS=contiguous)
+    size = 256
+    _philox_bits_kernel[(triton.cdiv(n, size),)](
+        torch.tensor([seed], dtype=torch.int64, device=device),
+        torch.tensor([position], dtype=torch.int64, device=device),
+        token_arg, out, n, SIZE=size, CONTIGUOUS=contiguous)
     return out

@@ -135,3 +135,35 @@ def test_missing_or_broken_files(tmp_path):
     half = {"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.ones(2, 8)}
     with pytest.raises(CheckpointError, match="incomplete"):
         LoraAdapter.from_dir(_write_adapter(tmp_path / "half", {}, half))
+
+
+def test_engine_greedy_with_adapter_equals_transformers_peft(base_dir, tmp_path):
+    peft = pytest.importorskip("peft", reason="peft is a test-only dependency (pip install peft)")
+    from transformers import AutoModelForCausalLM
+
+    from bare_engine import LLM, ModelSpec, SamplingParams
+
+    _make_adapter(base_dir, tmp_path / "adapter", r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"])
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    reference = peft.PeftModel.from_pretrained(model, tmp_path / "adapter").eval()
+    prompt = [5, 17, 42, 99, 7]
+    with torch.no_grad():
+        inp = torch.tensor([prompt])
+        expected = reference.generate(inp, attention_mask=torch.ones_like(inp), max_new_tokens=16,
+                                      min_new_tokens=16, do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    merged = LLM(ModelSpec(tmp_path / "adapter", base=base_dir)).generate([prompt], params, use_tqdm=False)
+    assert merged[0].outputs[0].token_ids == expected
+    plain = LLM(base_dir).generate([prompt], params, use_tqdm=False)
+    assert plain[0].outputs[0].token_ids != expected, "the adapter did not change the output"
+
+
+def test_adapter_without_local_base_is_a_clear_error(base_dir, tmp_path):
+    from bare_engine import LLM
+
+    _make_adapter(base_dir, tmp_path / "adapter", r=2, lora_alpha=4, target_modules=["q_proj"])
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "meta-llama/Llama-3.1-8B"
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="needs its base model"):
+        LLM(tmp_path / "adapter")

@@ -35,7 +35,7 @@ def test_kill_9_and_resume_gives_exactly_n_unique_records(tmp_path):
     num = 30
     cfg = fake_setup(tmp_path, num=num)
     config_file = tmp_path / "run.yaml"
-    config_file.write_text(yaml.safe_dump(cfg.to_dict()))
+    config_file.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(tests=str(Path(__file__).parent)))
     out = Path(cfg.out)

@@ -66,6 +66,14 @@ def test_rendered_example_parses_back():
     assert t.parse(rendered[len(t.start_marker):]) == SHOTS[0]
 
 
+def test_fields_are_parsed_in_the_order_of_the_example():
+    t = Templates(field_markers={"answer": "Answer:", "question": "Question:"})
+    assert t.parse("Question: a\nAnswer: b") == {"question": "a", "answer": "b"}
+    flipped = Templates(example="Answer: {answer}\nQuestion: {question}")
+    assert flipped.parse("Answer: b\nQuestion: a") == {"answer": "b", "question": "a"}
+    assert flipped.parse_with_reason("Question: a\nAnswer: b") == (None, "missing:question")
+
+
 def test_validate_accepts_defaults_and_rejects_mismatches():
     Templates().validate(["question", "answer"])
     with pytest.raises(ConfigError, match="unknown field {answer}"):
@@ -74,5 +82,7 @@ def test_validate_accepts_defaults_and_rejects_mismatches():
         Templates(base_prompt="{task}{candidate}").validate(["question", "answer"])
     with pytest.raises(ConfigError, match="only the first field may have an empty marker"):
         Templates(field_markers={"question": "Q:", "answer": ""}).validate(["question", "answer"])
+    with pytest.raises(ConfigError, match="does not use the field {answer}"):
+        Templates(example="Q: {question}").validate(["question", "answer"])
     with pytest.raises(ConfigError, match="must not be empty"):
         Templates(end_marker="").validate(["question", "answer"])

@@ -33,8 +33,8 @@ class Templates:
     end_marker: str = "\n</example>"
     separator: str = "\n\n"
     example: str = "Question: {question}\nAnswer: {answer}"
-    # Field markers used to parse a candidate back into fields, in order.
-    # The first marker may be empty: the first field then starts at the beginning.
+    # Field markers used to parse a candidate back into fields, in the order the fields
+    # appear in `example`. The first marker may be empty: that field starts at the beginning.
     field_markers: dict[str, str] = field(
         default_factory=lambda: {"question": "Question:", "answer": "Answer:"}
     )
@@ -88,7 +88,7 @@ class Templates:
         """(fields, None) on success, else (None, reason) with reason "missing:<field>" or "empty:<field>"."""
         fields: dict[str, str] = {}
         rest = text
-        markers = list(self.field_markers.items())
+        markers = self.ordered_markers()
         for i, (name, marker) in enumerate(markers):
             pos = rest.find(marker)
             if pos < 0:
@@ -108,6 +108,11 @@ class Templates:
             fields[name] = value
         return fields, None
 
+    def ordered_markers(self) -> list[tuple[str, str]]:
+        """(field, marker) pairs in the order the fields appear in `example`."""
+        order = {name: i for i, name in enumerate(dict.fromkeys(placeholders(self.example)))}
+        return sorted(self.field_markers.items(), key=lambda item: order.get(item[0], len(order)))
+
     def validate(self, fields: list[str]) -> None:
         """Raise ConfigError when a template names an unknown placeholder or the markers do not match the fields."""
         _check_placeholders("templates.example", self.example, set(fields))
@@ -117,7 +122,10 @@ class Templates:
             raise ConfigError(
                 f"templates.field_markers must have one marker per field {fields}, got {list(self.field_markers)}"
             )
-        for i, (name, marker) in enumerate(self.field_markers.items()):
+        unused = [name for name in fields if name not in placeholders(self.example)]
+        if unused:
+            raise ConfigError(f"templates.example does not use the field {{{unused[0]}}}")
+        for i, (name, marker) in enumerate(self.ordered_markers()):
             if not marker and i > 0:
                 raise ConfigError(f"templates.field_markers: only the first field may have an empty marker ('{name}')")
         if not self.start_marker or not self.end_marker:
