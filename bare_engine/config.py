@@ -34,6 +34,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     seed: int = 0
     attention_backend: str = "auto"
+    sampler_backend: str = "auto"  # auto: Triton on CUDA, torch reference elsewhere
     kv_split_ratio: float = 0.5
     enforce_eager: bool = False
     cuda_graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -54,6 +55,8 @@ class EngineConfig:
             bad(f"max_num_seqs must be positive, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
             bad(f"max_num_batched_tokens must be positive, got {self.max_num_batched_tokens}")
+        if self.sampler_backend not in ("auto", "torch", "triton"):
+            bad(f"sampler_backend must be auto, torch or triton, got {self.sampler_backend!r}")
         if not 0.0 < self.kv_split_ratio < 1.0:
             bad(f"kv_split_ratio must be in (0, 1), got {self.kv_split_ratio}")
 

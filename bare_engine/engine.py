@@ -82,7 +82,7 @@ class LLMEngine:
         hook = source.adapter.merge if source.adapter else None
         runner = ModelRunner(
             name, config, source.weights_dir, self.device, self.dtype, self.max_model_len[name],
-            self.config.max_num_seqs, self.backend, weight_hook=hook,
+            self.config.max_num_seqs, self.backend, weight_hook=hook, sampler_backend=self.config.sampler_backend,
         )
         if source.adapter:
             source.adapter.check_all_used()

@@ -46,6 +46,7 @@ class ModelRunner:
         max_num_seqs: int,
         backend: AttentionBackend,
         weight_hook: TensorHook | None = None,
+        sampler_backend: str = "auto",
     ):
         self.name = name
         self.config = config
@@ -58,7 +59,7 @@ class ModelRunner:
         model.rotary.to(torch.float32)  # cos/sin tables stay float32, cast per use
         load_weights(model, weights_dir, weight_hook)
         self.model = model.eval()
-        self.sampler = Sampler(config.vocab_size, max_num_seqs, device)
+        self.sampler = Sampler(config.vocab_size, max_num_seqs, device, sampler_backend)
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.block_size = 0
         self.stats = ModelStats()

@@ -1,8 +1,9 @@
 """The engine side of sampling: per-sequence parameters in, one token per sequence out.
 
 The maths lives in ``kernels/sampling.py`` (Triton) and ``kernels/sampling_ref.py``
-(torch, same semantics); the Triton path is used on CUDA or under
-``TRITON_INTERPRET=1``. This module packs the batch's parameters into tensors and
+(torch, same semantics). ``backend="auto"`` uses Triton on CUDA and the torch
+reference elsewhere: Triton's CPU interpreter runs the kernels (the tests force it
+with ``backend="triton"``) but is far too slow for a generation loop. This module packs the batch's parameters into tensors and
 keeps each model's penalty statistics on the device.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from bare_engine.attention import triton_usable
+from bare_engine.errors import ConfigError
 from bare_engine.sequence import Sequence
 
 
@@ -23,7 +25,10 @@ class Sampled:
 
 
 class Sampler:
-    def __init__(self, vocab_size: int, max_rows: int, device: torch.device):
+    def __init__(self, vocab_size: int, max_rows: int, device: torch.device, backend: str = "auto"):
+        if backend == "triton" and not triton_usable(device):
+            raise ConfigError(f"sampler backend 'triton' needs CUDA or TRITON_INTERPRET=1; device is {device}")
+        self.use_triton = backend == "triton" or (backend == "auto" and device.type == "cuda" and triton_usable(device))
         self._impl = None
         self.vocab_size = vocab_size
         self.max_rows = max_rows
@@ -35,7 +40,7 @@ class Sampler:
     def impl(self):
         """The sampling kernels' module, imported on first use (greedy-only runs never need it)."""
         if self._impl is None:
-            if triton_usable(self.device):
+            if self.use_triton:
                 from bare_engine.kernels import sampling as impl
             else:
                 from bare_engine.kernels import sampling_ref as impl

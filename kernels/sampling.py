@@ -55,6 +55,7 @@ NUM_BINS = 64  # histogram bins: 0..61 below the max bin, 62 = everything lower,
 BLOCK = 4096  # tokens per pass-1 / pass-2 program
 SUB = 256  # tokens per sub-block whose max is kept for skipping
 CAP = 4096  # candidates the finalize kernel holds in registers
+SMALL_CAP = 512  # its smaller register tile, for the usual few hundred candidates
 LOOP_BLOCK = 2048  # tokens per iteration of the fallback's passes over a row
 NEG_INF_KEY = tl.constexpr(-2139095041)  # order key of -inf
 NO_ANCHOR = tl.constexpr(-(2**30))  # anchor bin of a block with no finite logit
@@ -156,11 +157,6 @@ def _gumbel_scores(z, bits):
 
 
 @triton.jit
-def _add_pair(a0, a1, b0, b1):
-    return a0 + b0, a1 + b1
-
-
-@triton.jit
 def _load_row_params(fparams_ptr, iparams_ptr, row):
     f = fparams_ptr + row * 8
     i = iparams_ptr + row * 8
@@ -205,7 +201,8 @@ def _block_stats_kernel(
         score = _gumbel_scores(z, _noise_bits_block(seed, position, blk * BLOCK, BLOCK))
     else:
         score = z
-    best, arg = tl.max(score, axis=0, return_indices=True)
+    best = tl.max(score, axis=0)
+    arg = tl.min(tl.where(score == best, lanes, BLOCK), axis=0)
     best_z = tl.sum(tl.where(lanes == arg, z, 0.0), axis=0)
 
     part = (row * num_blocks + blk) * 4
@@ -348,9 +345,8 @@ def _count_mass_above(
                                   counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr,
                                   HAS_PEN, HAS_BIAS, HAS_MASK)
             hit = live & (_order_key(z) >= key_lo) & (z > float("-inf"))
-            n, e = tl.reduce((hit.to(tl.int32), tl.where(hit, tl.exp(z - m_safe), 0.0)), 0, _add_pair)
-            count += n
-            mass += e
+            count += tl.sum(hit.to(tl.int32), axis=0)
+            mass += tl.sum(tl.where(hit, tl.exp(z - m_safe), 0.0), axis=0)
     return count, mass
 
 
@@ -380,7 +376,8 @@ def _sample_full_row(
             mass += tl.sum(tl.where(kept, tl.exp(z - m_safe), 0.0), axis=0)
             score = tl.where(kept, _gumbel_scores(z, _noise_bits_block(seed, position, start, SIZE)),
                              float("-inf"))
-            blk_best, blk_arg = tl.max(score, axis=0, return_indices=True)
+            blk_best = tl.max(score, axis=0)
+            blk_arg = tl.min(tl.where(score == blk_best, lanes, SIZE), axis=0)
             better = blk_best > best
             best_z = tl.where(better, tl.sum(tl.where(lanes == blk_arg, z, 0.0), axis=0), best_z)
             best_idx = tl.where(better, start + blk_arg, best_idx)
@@ -395,12 +392,13 @@ def _top_key(key, idx):
 
 
 @triton.jit
-def _store_top(top_id_ptr, top_lp_ptr, i, top, log_norm):
+def _store_top(top_id_ptr, top_lp_ptr, i, top, log_norm, write):
+    """Store the i-th top entry from its _top_key (none left: id -1, logprob -inf)."""
     found = top != -9223372036854775808
     z = _key_to_float((top >> 32).to(tl.int32))
     token = 0x7FFFFFFF - (top & 0xFFFFFFFF)
-    tl.store(top_id_ptr + i, tl.where(found, token, -1))
-    tl.store(top_lp_ptr + i, tl.where(found, z - log_norm, float("-inf")))
+    tl.store(top_id_ptr + i, tl.where(found, token, -1), mask=write)
+    tl.store(top_lp_ptr + i, tl.where(found, z - log_norm, float("-inf")), mask=write)
 
 
 @triton.jit
@@ -428,7 +426,7 @@ def _top_full_row(
                 kept = live & (key >= key_lo) & (z >= min_z) & (z > float("-inf"))
                 ranked = tl.where(kept, _top_key(key, offs), -9223372036854775808)
                 top = tl.maximum(top, tl.max(tl.where(ranked < prev, ranked, -9223372036854775808), axis=0))
-        _store_top(top_id_ptr, top_lp_ptr, i, top, log_norm)
+        _store_top(top_id_ptr, top_lp_ptr, i, top, log_norm, True)
         prev = top
 
 
@@ -436,11 +434,86 @@ def _top_full_row(
 
 
 @triton.jit
+def _bisect_candidates(keys, expz, low_key, high_key, k_on, top_k, p_on, target, NPIV: tl.constexpr):
+    """Largest key t with count(keys >= t) >= top_k or mass(keys >= t) >= target, NPIV pivots a step.
+
+    Invariant: the bracket's low end satisfies a filter, its high end does not.
+    """
+    lo = low_key.to(tl.int64)
+    hi = high_key.to(tl.int64)
+    steps = (tl.arange(0, NPIV) + 1).to(tl.int64)
+    while hi - lo > 1:
+        pivots = lo + ((hi - lo) * steps) // (NPIV + 1)
+        above = keys[:, None] >= pivots[None, :]
+        n_above = tl.sum(above.to(tl.int32), axis=0)
+        mass_above = tl.sum(tl.where(above, expz[:, None], 0.0), axis=0)
+        ok = tl.where(k_on, n_above >= top_k, False) | tl.where(p_on, mass_above >= target, False)
+        lo = tl.max(tl.where(ok, pivots, lo), axis=0)
+        hi = tl.min(tl.where(ok, hi, pivots), axis=0)
+    return lo
+
+
+@triton.jit
+def _finish_from_candidates(
+    row, cand_val_ptr, cand_idx_ptr, count, cut, min_p_exact, m, s, token, token_z,
+    mode, top_k, top_p, log_min_p, seed, position, token_ptr, logprob_ptr, top_id_ptr, top_lp_ptr, tau_ptr,
+    CAP: tl.constexpr, TILE: tl.constexpr, NPIV: tl.constexpr, N_TOP: tl.constexpr, WANT_LP: tl.constexpr,
+    NUM_BINS: tl.constexpr,
+):
+    """Threshold, sample and logprobs from the row's candidates (count <= TILE); writes the
+    outputs and returns 1, or returns 0 without writing if the candidates miss kept tokens."""
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    slots = tl.arange(0, TILE)
+    in_buf = slots < count
+    vals = tl.load(cand_val_ptr + row * CAP + slots, mask=in_buf, other=float("-inf"))
+    idxs = tl.load(cand_idx_ptr + row * CAP + slots, mask=in_buf, other=0)
+    keys = _order_key(vals)
+    expz = tl.exp(vals - m_safe)
+    key_lo = tl.full([], NEG_INF_KEY, tl.int64)
+    min_z = float("-inf")
+    mass = s
+    ok = count >= 0
+    if mode == 2:
+        k_on = top_k > 0
+        p_on = top_p < 1.0
+        target = top_p * s
+        min_z = m + log_min_p
+        # The lowest candidate must satisfy top-k or top-p (then the threshold is bracketed)
+        # unless the candidates are all finite tokens or exactly the min-p set.
+        holds_low = (k_on & (count >= top_k)) | (p_on & (tl.sum(expz, axis=0) >= target))
+        ok = holds_low | (cut >= NUM_BINS - 2) | (min_p_exact != 0) | ~(k_on | p_on)
+        if holds_low & (k_on | p_on):
+            low_key = tl.min(tl.where(in_buf, keys, 2147483647), axis=0)
+            key_lo = _bisect_candidates(keys, expz, low_key, _order_key(m) + 1, k_on, top_k, p_on, target, NPIV)
+        kept = in_buf & (keys >= key_lo) & (vals >= min_z)
+        mass = tl.sum(tl.where(kept, expz, 0.0), axis=0)
+        score = tl.where(kept, _gumbel_scores(vals, _noise_bits(seed, position, idxs)), float("-inf"))
+        win = tl.min(tl.where(score == tl.max(score, axis=0), slots, TILE - 1), axis=0)
+        token = tl.load(cand_idx_ptr + row * CAP + win, mask=count > 0, other=0)
+        token_z = tl.load(cand_val_ptr + row * CAP + win, mask=count > 0, other=float("-inf"))
+
+    tl.store(token_ptr + row, token.to(tl.int64), mask=ok)
+    tl.store(tau_ptr + row, tl.maximum(_key_to_float(key_lo), min_z), mask=ok)
+    log_norm = m_safe + tl.log(mass)
+    if WANT_LP:
+        tl.store(logprob_ptr + row, token_z - log_norm, mask=ok)
+    if N_TOP > 0:
+        kept = in_buf & (keys >= key_lo) & (vals >= min_z)
+        ranked = tl.where(kept, _top_key(keys, idxs), -9223372036854775808)
+        prev = 9223372036854775807
+        for i in tl.static_range(N_TOP):
+            top = tl.max(tl.where(ranked < prev, ranked, -9223372036854775808), axis=0)
+            _store_top(top_id_ptr + row * N_TOP, top_lp_ptr + row * N_TOP, i, top, log_norm, ok)
+            prev = top
+    return ok.to(tl.int32)
+
+
+@triton.jit
 def _finalize_kernel(
     logits_ptr, row_stride, fparams_ptr, iparams_ptr, seen_ptr, counts_ptr, num_words, bias_ptr, mask_ptr,
     submax_ptr, stats_f_ptr, stats_i_ptr, cand_val_ptr, cand_idx_ptr,
     token_ptr, logprob_ptr, top_id_ptr, top_lp_ptr, tau_ptr, vocab, num_sub,
-    CAP: tl.constexpr, N_TOP: tl.constexpr, WANT_LP: tl.constexpr,
+    CAP: tl.constexpr, SMALL: tl.constexpr, N_TOP: tl.constexpr, WANT_LP: tl.constexpr,
     HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     SIZE: tl.constexpr, SUB: tl.constexpr, NUM_BINS: tl.constexpr,
 ):
@@ -454,51 +527,30 @@ def _finalize_kernel(
     cut = tl.load(stats_i_ptr + row * 4 + 1)
     min_p_exact = tl.load(stats_i_ptr + row * 4 + 2)
     token = tl.load(stats_i_ptr + row * 4 + 3)
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
 
-    fits = (cut >= 0) & (count <= CAP)
-    slots = tl.arange(0, CAP)
-    in_buf = slots < tl.where(fits, count, 0)
-    vals = tl.load(cand_val_ptr + row * CAP + slots, mask=in_buf, other=float("-inf"))
-    idxs = tl.load(cand_idx_ptr + row * CAP + slots, mask=in_buf, other=0)
-    keys = _order_key(vals)
-    expz = tl.exp(vals - m_safe)
-
-    key_lo = tl.full([], NEG_INF_KEY, tl.int64)
-    min_z = float("-inf")
-    mass = s
-    cands_ok = fits
-    if mode == 2:
-        k_on = top_k > 0
-        p_on = top_p < 1.0
-        target = top_p * s
-        min_z = m + log_min_p
-        # Bracket the top-k/top-p threshold: the lowest candidate must satisfy a filter
-        # unless the candidates are all finite tokens or exactly the min-p set.
-        low_key = tl.min(tl.where(in_buf, keys, 2147483647), axis=0)
-        holds_low = (k_on & (count >= top_k)) | (p_on & (tl.sum(expz, axis=0) >= target))
-        complete = cut >= NUM_BINS - 2
-        cands_ok = fits & (holds_low | complete | (min_p_exact != 0) | ~(k_on | p_on))
-        if cands_ok:
-            if holds_low & (k_on | p_on):
-                lo = low_key.to(tl.int64)
-                hi = _order_key(m).to(tl.int64) + 1
-                while hi - lo > 1:
-                    mid = (lo + hi) >> 1
-                    above = keys >= mid
-                    n_above, mass_above = tl.reduce(
-                        (above.to(tl.int32), tl.where(above, expz, 0.0)), 0, _add_pair)
-                    ok = (k_on & (n_above >= top_k)) | (p_on & (mass_above >= target))
-                    lo = tl.where(ok, mid, lo)
-                    hi = tl.where(ok, hi, mid)
-                key_lo = lo
-            kept = in_buf & (keys >= key_lo) & (vals >= min_z)
-            mass = tl.sum(tl.where(kept, expz, 0.0), axis=0)
-            score = tl.where(kept, _gumbel_scores(vals, _noise_bits(seed, position, idxs)), float("-inf"))
-            best, win = tl.max(score, axis=0, return_indices=True)
-            token = tl.load(cand_idx_ptr + row * CAP + win, mask=count > 0, other=0)
-            token_z = tl.load(cand_val_ptr + row * CAP + win, mask=count > 0, other=float("-inf"))
+    done = 0
+    if (cut >= 0) & (count <= CAP):
+        # Two register tiles: most rows have a few hundred candidates at most.
+        if count <= SMALL:
+            done = _finish_from_candidates(
+                row, cand_val_ptr, cand_idx_ptr, count, cut, min_p_exact, m, s, token, token_z,
+                mode, top_k, top_p, log_min_p, seed, position, token_ptr, logprob_ptr, top_id_ptr, top_lp_ptr,
+                tau_ptr, CAP, SMALL, 16, N_TOP, WANT_LP, NUM_BINS)
         else:
+            done = _finish_from_candidates(
+                row, cand_val_ptr, cand_idx_ptr, count, cut, min_p_exact, m, s, token, token_z,
+                mode, top_k, top_p, log_min_p, seed, position, token_ptr, logprob_ptr, top_id_ptr, top_lp_ptr,
+                tau_ptr, CAP, CAP, 4, N_TOP, WANT_LP, NUM_BINS)
+    if done == 0:
+        m_safe = tl.where(m == float("-inf"), 0.0, m)
+        key_lo = tl.full([], NEG_INF_KEY, tl.int64)
+        min_z = float("-inf")
+        mass = s
+        if mode == 2:
+            k_on = top_k > 0
+            p_on = top_p < 1.0
+            target = top_p * s
+            min_z = m + log_min_p
             lo = tl.full([], NEG_INF_KEY, tl.int64)
             hi = _order_key(m).to(tl.int64) + 1
             while hi - lo > 1:
@@ -515,22 +567,12 @@ def _finalize_kernel(
                 key_lo, min_z, m_safe, seed, position, logits_ptr, row_stride, row, vocab, temp, pen_row,
                 seen_ptr, counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
                 HAS_PEN, HAS_BIAS, HAS_MASK, SIZE, SUB)
-
-    tl.store(token_ptr + row, token.to(tl.int64))
-    tl.store(tau_ptr + row, tl.maximum(_key_to_float(key_lo), min_z))
-    log_norm = m_safe + tl.log(mass)
-    if WANT_LP:
-        tl.store(logprob_ptr + row, token_z - log_norm)
-    if N_TOP > 0:
-        if cands_ok:
-            kept = in_buf & (keys >= key_lo) & (vals >= min_z)
-            ranked = tl.where(kept, _top_key(keys, idxs), -9223372036854775808)
-            prev = 9223372036854775807
-            for i in tl.static_range(N_TOP):
-                top = tl.max(tl.where(ranked < prev, ranked, -9223372036854775808), axis=0)
-                _store_top(top_id_ptr + row * N_TOP, top_lp_ptr + row * N_TOP, i, top, log_norm)
-                prev = top
-        else:
+        tl.store(token_ptr + row, token.to(tl.int64))
+        tl.store(tau_ptr + row, tl.maximum(_key_to_float(key_lo), min_z))
+        log_norm = m_safe + tl.log(mass)
+        if WANT_LP:
+            tl.store(logprob_ptr + row, token_z - log_norm)
+        if N_TOP > 0:
             _top_full_row(key_lo, min_z, log_norm, top_id_ptr + row * N_TOP, top_lp_ptr + row * N_TOP,
                           logits_ptr, row_stride, row, vocab, temp, pen_row, seen_ptr, counts_ptr, num_words,
                           rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
@@ -655,7 +697,7 @@ def _sample(
             NBLK_P2=triton.next_power_of_2(cfg.num_blocks), num_warps=_warps(cfg.block), **flags)
         _finalize_kernel[(batch,)](
             *inputs, stats_f, stats_i, cand_val, cand_idx, token_ids, logprobs, top_ids, top_lp, tau,
-            vocab, cfg.num_sub, CAP=cfg.cap, N_TOP=n_top, WANT_LP=num_logprobs is not None,
+            vocab, cfg.num_sub, CAP=cfg.cap, SMALL=min(SMALL_CAP, cfg.cap), N_TOP=n_top, WANT_LP=num_logprobs is not None,
             SIZE=cfg.loop_block, num_warps=_warps(cfg.cap), **flags)
     return _result(token_ids, logprobs, top_ids, top_lp, num_logprobs), tau
 

@@ -119,6 +119,13 @@ def test_bad_inputs_are_reported_before_any_model_loads(setup, flag):
     assert not (tmp / "out.jsonl").exists() and not (tmp / "out.jsonl.manifest.json").exists()
 
 
+def test_run_is_a_bare_engine_subcommand():
+    from bare_engine.cli import main
+
+    result = CliRunner().invoke(main, ["run", "--print-config", "--num", "5"])
+    assert result.exit_code == 0 and "num: 5" in result.stdout
+
+
 def test_help_lists_the_flags():
     result = CliRunner().invoke(run_command, ["--help"])
     assert result.exit_code == 0

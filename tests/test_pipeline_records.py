@@ -90,3 +90,12 @@ def test_header_fingerprint_for_big_weights(tmp_path, monkeypatch):
     fa, fc = model_fingerprint(a), model_fingerprint(c)
     assert fa["method"] == "safetensors-header"
     assert fa["sha256"] == fc["sha256"]  # same shapes: headers agree (the cheap check's known limit)
+
+
+def test_two_writers_cannot_share_an_output(tmp_path):
+    path = tmp_path / "out.jsonl"
+    with RecordWriter(path):
+        with pytest.raises(ConfigError, match="another run is writing"):
+            RecordWriter(path)
+    with RecordWriter(path) as w:  # released on close
+        w.write({"candidate": 0})

@@ -13,8 +13,8 @@ import yaml
 from bare_engine.errors import BareEngineError, ConfigError
 from bare_engine.pipeline.config import ConfigKey, config_keys, coerce, load_config
 
-EXIT_INCOMPLETE = 1
-EXIT_ERROR = 2
+EXIT_ERROR = 1  # bad input (as the bare-engine group does)
+EXIT_INCOMPLETE = 3  # gave up before the target (max_candidates reached)
 EXIT_INTERRUPTED = 130
 
 

@@ -10,6 +10,11 @@ from pathlib import Path
 
 from bare_engine.errors import ConfigError
 
+try:
+    import fcntl
+except ImportError:  # Windows: runs are not locked there
+    fcntl = None
+
 
 @dataclass
 class ExistingOutput:
@@ -50,10 +55,20 @@ def _candidate_index(line: bytes) -> int | None:
 
 
 class RecordWriter:
-    """Appends one JSON record per line; each line is flushed and fsynced before write() returns."""
+    """Appends one JSON record per line; each line is flushed and fsynced before write() returns.
+
+    Holds an exclusive lock on the file while open, so two runs never write one output
+    (the OS drops the lock when a process dies, even by kill -9).
+    """
 
     def __init__(self, path: str | Path):
         self._file = open(path, "ab")
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._file.close()
+                raise ConfigError(f"another run is writing {path}") from None
 
     def write(self, record: dict) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"

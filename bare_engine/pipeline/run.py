@@ -64,26 +64,25 @@ def run_pipeline(
     check_models(cfg)
     check_writable(cfg.out)
     manifest = build_manifest(cfg)
-    existing = prepare_output(cfg, manifest)
-    if existing.torn_bytes:
-        log(f"resume: dropped a torn last line ({existing.torn_bytes} bytes) from {cfg.out}")
-    if existing.count >= cfg.num:
-        log(f"{cfg.out} already has {existing.count} records (target {cfg.num}); nothing to do")
-        return RunResult(records=existing.count, target=cfg.num)
-    if existing.count:
-        log(f"resuming {cfg.out}: {existing.count}/{cfg.num} records present")
-
-    started = _now()
-    engine = engine_factory(cfg)
-    planner = StagePlanner(cfg, seeds, engine.tokenizer, inputs)
-    progress = Progress(engine, cfg.num, existing.count, enabled=cfg.progress)
-    try:
-        with RecordWriter(cfg.out) as writer:
+    with RecordWriter(cfg.out) as writer:  # locks the output before reading or cutting it
+        existing = prepare_output(cfg, manifest)
+        if existing.torn_bytes:
+            log(f"resume: dropped a torn last line ({existing.torn_bytes} bytes) from {cfg.out}")
+        if existing.count >= cfg.num:
+            log(f"{cfg.out} already has {existing.count} records (target {cfg.num}); nothing to do")
+            return RunResult(records=existing.count, target=cfg.num)
+        if existing.count:
+            log(f"resuming {cfg.out}: {existing.count}/{cfg.num} records present")
+        started = _now()
+        engine = engine_factory(cfg)
+        planner = StagePlanner(cfg, seeds, engine.tokenizer, inputs)
+        progress = Progress(engine, cfg.num, existing.count, enabled=cfg.progress)
+        try:
             result = PipelineRunner(engine, planner, cfg, writer, existing, progress).run()
-    finally:
-        progress.close()
-    manifest["runs"].append(_run_entry(result, existing, started))
-    write_manifest(cfg.out, manifest)
+        finally:
+            progress.close()
+        manifest["runs"].append(_run_entry(result, existing, started))
+        write_manifest(cfg.out, manifest)
     return result
 
 

@@ -129,7 +129,6 @@ class PipelineRunner:
         self._abort([i for i in self.active if i > cutoff])
         for i in [i for i in self.done if i > cutoff]:
             del self.done[i]
-        self.next_launch = min(self.next_launch, cutoff + 1)
 
     def _abort(self, indices: list[int]) -> None:
         for index in indices:
