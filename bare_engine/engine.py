@@ -127,6 +127,10 @@ class LLMEngine:
             for name in names:
                 self.runners[name].bind_cache(caches, bs)
                 pools[name] = manager
+                if not self.config.enforce_eager:
+                    limit = self.config.max_num_seqs
+                    sizes = sorted({b for b in self.config.cuda_graph_batch_sizes if b < limit} | {limit})
+                    self.runners[name].capture_graphs(sizes, self.max_model_len[name])
             logger.info("KV pool for %s: %d blocks of %d tokens", ", ".join(names), blocks, bs)
         return pools
 

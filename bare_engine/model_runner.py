@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +11,14 @@ import torch
 
 from bare_engine.attention import AttentionBackend, AttentionMetadata
 from bare_engine.config import ModelConfig
+from bare_engine.cuda_graphs import DecodeGraphs
 from bare_engine.loader import TensorHook, load_weights
 from bare_engine.model import CausalLM
 from bare_engine.sampler import Sampled, Sampler
 from bare_engine.scheduler import ScheduledBatch
 from bare_engine.sequence import Sequence
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,18 +66,36 @@ class ModelRunner:
         self.sampler = Sampler(config.vocab_size, max_num_seqs, device, sampler_backend)
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.block_size = 0
+        self.graphs: DecodeGraphs | None = None
         self.stats = ModelStats()
 
     def bind_cache(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], block_size: int) -> None:
         self.kv_caches = kv_caches
         self.block_size = block_size
 
+    def capture_graphs(self, batch_sizes: list[int], max_model_len: int) -> None:
+        """Capture decode CUDA graphs; on failure log why and stay eager (never worse than no graphs)."""
+        if self.device.type != "cuda" or self.backend.name == "torch" or not batch_sizes:
+            return
+        max_blocks = -(-max_model_len // self.block_size)
+        try:
+            with torch.inference_mode():
+                self.graphs = DecodeGraphs(
+                    self.model, self.kv_caches, self.backend, batch_sizes, max_blocks, self.block_size, self.device
+                )
+        except RuntimeError as exc:
+            logger.warning("CUDA graph capture failed for %s, running eagerly: %s", self.name, exc)
+            self.graphs = None
+
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> dict[int, Sampled]:
         """One forward pass; returns the sampled token of each sequence that reached its end, by seq_id."""
         start = time.perf_counter()
         inputs = self.prepare(batch)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, self.backend, inputs.meta)
+        if self.graphs is not None and self.graphs.fits(inputs.meta, len(inputs.input_ids)):
+            hidden = self.graphs.run(inputs.input_ids, inputs.positions, inputs.meta)
+        else:
+            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, self.backend, inputs.meta)
         sampled: dict[int, Sampled] = {}
         if inputs.sampling_seqs:
             logits = self.model.compute_logits(hidden[inputs.logits_indices])

@@ -426,7 +426,7 @@ def _top_full_row(
                 kept = live & (key >= key_lo) & (z >= min_z) & (z > float("-inf"))
                 ranked = tl.where(kept, _top_key(key, offs), -9223372036854775808)
                 top = tl.maximum(top, tl.max(tl.where(ranked < prev, ranked, -9223372036854775808), axis=0))
-        _store_top(top_id_ptr, top_lp_ptr, i, top, log_norm, True)
+        _store_top(top_id_ptr, top_lp_ptr, i, top, log_norm, top == top)
         prev = top
 
 
