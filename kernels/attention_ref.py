@@ -77,24 +77,26 @@ def paged_attention_ref(
     tables = torch.where(columns[None, :] < blocks_used[:, None], block_tables, torch.zeros_like(block_tables))
     k = gather_kv(k_cache, tables, max_k).to(q.dtype)
     v = gather_kv(v_cache, tables, max_k).to(q.dtype)
-    group = num_heads // num_kv_heads
-    if group > 1:
-        k = k.repeat_interleave(group, dim=2)
-        v = v.repeat_interleave(group, dim=2)
 
     # Query i of sequence b sits at position ctx_b - q_len_b + i and sees keys 0..that position.
     q_pos = (ctx - q_lens)[:, None] + torch.arange(max_q, device=device)[None, :]
     k_pos = torch.arange(max_k, device=device)
     mask = (k_pos[None, None, :] <= q_pos[:, :, None]) & (k_pos[None, None, :] < ctx[:, None, None])
 
+    # GQA without copying K/V per query head: the `group` query heads that share a KV head
+    # become extra query rows of that KV head (row i * group + j is query i, head j of the group).
+    group = num_heads // num_kv_heads
+    q_rows = q_pad.reshape(batch, max_q, num_kv_heads, group, head_dim).permute(0, 2, 1, 3, 4)
+    q_rows = q_rows.reshape(batch, num_kv_heads, max_q * group, head_dim)
     out = torch.nn.functional.scaled_dot_product_attention(
-        q_pad.transpose(1, 2),
+        q_rows,
         k.transpose(1, 2),
         v.transpose(1, 2),
-        attn_mask=mask[:, None],
+        attn_mask=mask.repeat_interleave(group, dim=1)[:, None],
         scale=scale,
-    )  # [B, Hq, max_q, D]
-    return out.transpose(1, 2)[seq_of_token, idx_in_seq]
+    )  # [B, Hkv, max_q * group, D]
+    out = out.reshape(batch, num_kv_heads, max_q, group, head_dim).permute(0, 2, 1, 3, 4)
+    return out.reshape(batch, max_q, num_heads, head_dim)[seq_of_token, idx_in_seq]
 
 
 def decode_attention_ref(

@@ -2,24 +2,25 @@
 sampling for a mixed batch, without sorting the vocabulary.
 
 Semantics (order of operations, tie rules, logprobs, noise) are those of
-``kernels/sampling_ref.py``; this module only makes them fast. Three launches:
+``kernels/sampling_ref.py``; this module only makes them fast. Four launches:
 
 1. ``_block_stats_kernel``, one program per (row, 4096-token block), reads the
    logits once: processed logits ``z`` (penalties, bias, mask, temperature), the
    block's max and ``sum(exp(z - max))``, the greedy argmax (or, for sampled rows
    without filters, the Gumbel-max winner), the max of every 256-token sub-block,
    and a 64-bin histogram of ``z`` on a fixed 1/4-nat grid below the block max.
-2. ``_compact_kernel``, same grid, merges the row's block summaries (histograms
-   shift exactly since the grid is absolute) and picks a cut bin ``J`` such that
-   every token the filters can keep (or every top-n logprob token) lies in bins
-   ``<= J``: by exact counts for top-k, by a lower bound on the mass for top-p,
-   directly for min-p. The exact per-block candidate counts give each program its
-   output offset; it copies its candidates, in token order, to a per-row buffer,
-   reading only the sub-blocks whose max reaches the cut.
-3. ``_finalize_kernel``, one program per row, holds the (at most ``CAP``)
-   candidates in registers, finds the exact threshold by bisection on the float
-   bit pattern, draws Philox noise for the kept candidates only, and writes the
-   token, its logprob and the top-n.
+2. ``_summary_kernel``, one program per row, merges the block summaries (the
+   histograms shift exactly since the grid is absolute) and picks a cut bin ``J``
+   such that every token the filters can keep (or every top-n logprob token) lies
+   in bins ``<= J``: by exact counts for top-k, by a lower bound on the mass for
+   top-p, directly for min-p. Exact per-block candidate counts give each block its
+   offset in the row's candidate buffer.
+3. ``_compact_kernel``, one program per (row, block), copies its candidates there
+   in token order, reading only the sub-blocks whose max reaches the cut.
+4. ``_finalize_kernel``, one program per row, holds the (at most ``CAP``)
+   candidates in registers, finds the exact threshold by multi-pivot bisection on
+   the float bit pattern, draws Philox noise for the kept candidates only, and
+   writes the token, its logprob and the top-n.
 
 If the candidates overflow ``CAP`` (huge top_k, nearly flat distributions) or the
 top-p mass bound proves too loose, the last kernel falls back to bisection by
@@ -143,7 +144,8 @@ def _noise_bits_block(seed, position, start, SIZE: tl.constexpr):
     group = start // 4 + tl.arange(0, SIZE // 4)
     offset = (position.to(tl.int64) << 32) | group.to(tl.int64)
     r0, r1, r2, r3 = tl.randint4x(seed, offset)
-    return tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), [SIZE])
+    # join stacks along a new last axis: [g, i, j] = (r0, r1 | r2, r3)[2 * i + j].
+    return tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), [SIZE])
 
 
 @triton.jit
@@ -279,34 +281,49 @@ def _row_summary(
 
 
 @triton.jit
-def _compact_kernel(
-    logits_ptr, row_stride, fparams_ptr, iparams_ptr, seen_ptr, counts_ptr, num_words, bias_ptr, mask_ptr,
-    submax_ptr, part_f_ptr, part_i_ptr, hist_ptr, stats_f_ptr, stats_i_ptr, cand_val_ptr, cand_idx_ptr,
-    vocab, num_sub, num_blocks,
-    N_TOP: tl.constexpr, CAP: tl.constexpr, HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_MASK: tl.constexpr, BLOCK: tl.constexpr, SUB: tl.constexpr, NUM_BINS: tl.constexpr,
-    NBLK_P2: tl.constexpr,
+def _summary_kernel(
+    fparams_ptr, iparams_ptr, part_f_ptr, part_i_ptr, hist_ptr, stats_f_ptr, stats_i_ptr, blk_cand_ptr, num_blocks,
+    N_TOP: tl.constexpr, NUM_BINS: tl.constexpr, NBLK_P2: tl.constexpr,
 ):
-    """Copy the block's tokens in bins <= cut to the row's candidate buffer, in token order."""
+    """Per row: merged statistics, the cut bin, and where each block's candidates go."""
     row = tl.program_id(0)
-    blk = tl.program_id(1)
     temp, top_p, log_min_p, rep, freq, pres, mode, top_k, pen_row, seed, position = _load_row_params(
         fparams_ptr, iparams_ptr, row)
     m, s, anchor, cut, min_p_exact, token, token_z, blk_counts = _row_summary(
         row, num_blocks, part_f_ptr, part_i_ptr, hist_ptr, mode, top_k, top_p, log_min_p,
         N_TOP, NBLK_P2, NUM_BINS)
     blks = tl.arange(0, NBLK_P2)
-    before = tl.sum(tl.where(blks < blk, blk_counts, 0), axis=0)
-    mine = tl.sum(tl.where(blks == blk, blk_counts, 0), axis=0)
-    if blk == 0:
-        tl.store(stats_f_ptr + row * 4 + 0, m)
-        tl.store(stats_f_ptr + row * 4 + 1, s)
-        tl.store(stats_f_ptr + row * 4 + 2, token_z)
-        tl.store(stats_i_ptr + row * 4 + 0, tl.sum(blk_counts, axis=0))
-        tl.store(stats_i_ptr + row * 4 + 1, cut)
-        tl.store(stats_i_ptr + row * 4 + 2, min_p_exact)
-        tl.store(stats_i_ptr + row * 4 + 3, token)
+    valid = blks < num_blocks
+    tl.store(blk_cand_ptr + (row * num_blocks + blks) * 2 + 0, tl.cumsum(blk_counts, axis=0) - blk_counts,
+             mask=valid)
+    tl.store(blk_cand_ptr + (row * num_blocks + blks) * 2 + 1, blk_counts, mask=valid)
+    tl.store(stats_f_ptr + row * 4 + 0, m)
+    tl.store(stats_f_ptr + row * 4 + 1, s)
+    tl.store(stats_f_ptr + row * 4 + 2, token_z)
+    tl.store(stats_i_ptr + row * 8 + 0, tl.sum(blk_counts, axis=0))
+    tl.store(stats_i_ptr + row * 8 + 1, cut)
+    tl.store(stats_i_ptr + row * 8 + 2, min_p_exact)
+    tl.store(stats_i_ptr + row * 8 + 3, token)
+    tl.store(stats_i_ptr + row * 8 + 4, anchor)
+
+
+@triton.jit
+def _compact_kernel(
+    logits_ptr, row_stride, fparams_ptr, iparams_ptr, seen_ptr, counts_ptr, num_words, bias_ptr, mask_ptr,
+    submax_ptr, stats_i_ptr, blk_cand_ptr, cand_val_ptr, cand_idx_ptr, vocab, num_sub, num_blocks,
+    CAP: tl.constexpr, HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+    BLOCK: tl.constexpr, SUB: tl.constexpr, NUM_BINS: tl.constexpr,
+):
+    """Copy the block's tokens in bins <= cut to the row's candidate buffer, in token order."""
+    row = tl.program_id(0)
+    blk = tl.program_id(1)
+    before = tl.load(blk_cand_ptr + (row * num_blocks + blk) * 2 + 0)
+    mine = tl.load(blk_cand_ptr + (row * num_blocks + blk) * 2 + 1)
     if (mine > 0) & (before < CAP):
+        temp, top_p, log_min_p, rep, freq, pres, mode, top_k, pen_row, seed, position = _load_row_params(
+            fparams_ptr, iparams_ptr, row)
+        cut = tl.load(stats_i_ptr + row * 8 + 1)
+        anchor = tl.load(stats_i_ptr + row * 8 + 4)
         offs = blk * BLOCK + tl.arange(0, BLOCK)
         inb = offs < vocab
         sub_max = tl.load(submax_ptr + row * num_sub + offs // SUB, mask=inb, other=float("-inf"))
@@ -523,10 +540,10 @@ def _finalize_kernel(
     m = tl.load(stats_f_ptr + row * 4 + 0)
     s = tl.load(stats_f_ptr + row * 4 + 1)
     token_z = tl.load(stats_f_ptr + row * 4 + 2)
-    count = tl.load(stats_i_ptr + row * 4 + 0)
-    cut = tl.load(stats_i_ptr + row * 4 + 1)
-    min_p_exact = tl.load(stats_i_ptr + row * 4 + 2)
-    token = tl.load(stats_i_ptr + row * 4 + 3)
+    count = tl.load(stats_i_ptr + row * 8 + 0)
+    cut = tl.load(stats_i_ptr + row * 8 + 1)
+    min_p_exact = tl.load(stats_i_ptr + row * 8 + 2)
+    token = tl.load(stats_i_ptr + row * 8 + 3)
 
     done = 0
     if (cut >= 0) & (count <= CAP):
@@ -679,7 +696,8 @@ def _sample(
     submax = empty(batch, cfg.num_sub)
     part_f, part_i = empty(batch, cfg.num_blocks, 4), empty(batch, cfg.num_blocks, 4, dtype=torch.int32)
     hist = empty(batch, cfg.num_blocks, NUM_BINS, dtype=torch.int32)
-    stats_f, stats_i = empty(batch, 4), empty(batch, 4, dtype=torch.int32)
+    stats_f, stats_i = empty(batch, 4), empty(batch, 8, dtype=torch.int32)
+    blk_cand = empty(batch, cfg.num_blocks, 2, dtype=torch.int32)
     cand_val, cand_idx = empty(batch, cfg.cap), empty(batch, cfg.cap, dtype=torch.int32)
     token_ids, logprobs, tau = empty(batch, dtype=torch.int64), empty(batch), empty(batch)
     top_ids, top_lp = empty(batch, n_top, dtype=torch.int64), empty(batch, n_top)
@@ -691,10 +709,13 @@ def _sample(
         _block_stats_kernel[per_block](
             *inputs, part_f, part_i, hist, vocab, cfg.num_sub, cfg.num_blocks,
             BLOCK=cfg.block, num_warps=_warps(cfg.block), **flags)
+        _summary_kernel[(batch,)](
+            fparams, iparams, part_f, part_i, hist, stats_f, stats_i, blk_cand, cfg.num_blocks,
+            N_TOP=n_top, NUM_BINS=NUM_BINS, NBLK_P2=triton.next_power_of_2(cfg.num_blocks), num_warps=4,
+            enable_fp_fusion=False)
         _compact_kernel[per_block](
-            *inputs, part_f, part_i, hist, stats_f, stats_i, cand_val, cand_idx, vocab, cfg.num_sub,
-            cfg.num_blocks, N_TOP=n_top, CAP=cfg.cap, BLOCK=cfg.block,
-            NBLK_P2=triton.next_power_of_2(cfg.num_blocks), num_warps=_warps(cfg.block), **flags)
+            *inputs, stats_i, blk_cand, cand_val, cand_idx, vocab, cfg.num_sub, cfg.num_blocks,
+            CAP=cfg.cap, BLOCK=cfg.block, num_warps=_warps(cfg.block), **flags)
         _finalize_kernel[(batch,)](
             *inputs, stats_f, stats_i, cand_val, cand_idx, token_ids, logprobs, top_ids, top_lp, tau,
             vocab, cfg.num_sub, CAP=cfg.cap, SMALL=min(SMALL_CAP, cfg.cap), N_TOP=n_top, WANT_LP=num_logprobs is not None,
