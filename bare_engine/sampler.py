@@ -139,7 +139,7 @@ class Sampler:
                 out.append(Sampled(tokens[row]))
                 continue
             n = seq.params.logprobs
-            entry = dict(zip(top_ids[row][:n], top_lps[row][:n]))
+            entry = {t: lp for t, lp in zip(top_ids[row][:n], top_lps[row][:n]) if t >= 0}  # -1 pads short rows
             entry[tokens[row]] = chosen[row]
             out.append(Sampled(tokens[row], entry))
         return out

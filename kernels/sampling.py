@@ -53,11 +53,12 @@ from .sampling_ref import (
 __all__ = ["PenaltyState", "SampleResult", "SamplingTensors", "philox_bits", "sample", "triton_available"]
 
 NUM_BINS = 64  # histogram bins: 0..61 below the max bin, 62 = everything lower, 63 = -inf / padding
-BLOCK = 4096  # tokens per pass-1 / pass-2 program
+BLOCK = 2048  # tokens per pass-1 / pass-2 program
 SUB = 256  # tokens per sub-block whose max is kept for skipping
-CAP = 4096  # candidates the finalize kernel holds in registers
-SMALL_CAP = 512  # its smaller register tile, for the usual few hundred candidates
-LOOP_BLOCK = 2048  # tokens per iteration of the fallback's passes over a row
+CAP = 8192  # most candidates a row can hand to the finalize kernel
+CHUNK = 512  # candidates the finalize kernel handles at a time
+NPIV = 8  # pivots per bisection step
+LOOP_BLOCK = 1024  # tokens per iteration of the fallback's passes over a row
 NEG_INF_KEY = tl.constexpr(-2139095041)  # order key of -inf
 NO_ANCHOR = tl.constexpr(-(2**30))  # anchor bin of a block with no finite logit
 _INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -124,9 +125,9 @@ def _bin_of(z):
 
 @triton.jit
 def _rel_bin(z, anchor, NUM_BINS: tl.constexpr):
-    """Bins below the anchor bin, NUM_BINS-2 for all lower, NUM_BINS-1 for -inf."""
-    rel = tl.minimum(anchor - _bin_of(z), NUM_BINS - 2)
-    return tl.where(z == float("-inf"), NUM_BINS - 1, rel)
+    """Bins below the anchor bin, NUM_BINS-2 for all lower, NUM_BINS-1 for -inf (and NaN)."""
+    rel = tl.minimum(tl.maximum(anchor - _bin_of(z), 0), NUM_BINS - 2)
+    return tl.where((z == float("-inf")) | (z != z), NUM_BINS - 1, rel)
 
 
 @triton.jit
@@ -222,8 +223,8 @@ def _block_stats_kernel(
 
 @triton.jit
 def _row_summary(
-    row, num_blocks, part_f_ptr, part_i_ptr, hist_ptr, mode, top_k, top_p, log_min_p,
-    N_TOP: tl.constexpr, NBLK_P2: tl.constexpr, NUM_BINS: tl.constexpr,
+    row, num_blocks, part_f_ptr, part_i_ptr, hist_ptr, mode, top_k, top_p, log_min_p, n_top,
+    NBLK_P2: tl.constexpr, NUM_BINS: tl.constexpr,
 ):
     """Merge a row's block summaries; pick the cut bin and count each block's candidates."""
     REST: tl.constexpr = NUM_BINS - 2
@@ -269,11 +270,8 @@ def _row_summary(
     min_p_on = log_min_p > float("-inf")
     j_filter = tl.minimum(j_kp, tl.where(min_p_on, j_min, REST))
     min_p_exact = (min_p_on & (j_min <= j_kp)).to(tl.int32)
-    if N_TOP > 0:
-        j_n = tl.min(tl.where(usable & (cum >= N_TOP), bins, REST), axis=0)
-        cut = tl.where(mode == 2, j_filter, j_n)
-    else:
-        cut = tl.where(mode == 2, j_filter, -1)
+    j_n = tl.min(tl.where(usable & (cum >= n_top), bins, REST), axis=0)
+    cut = tl.where(mode == 2, j_filter, tl.where(n_top > 0, j_n, -1))
 
     in_cut = (bins[None, :] <= REST) & (tl.minimum(bins[None, :] + shift[:, None], REST) <= cut)
     blk_counts = tl.sum(tl.where(in_cut, raw, 0), axis=1)
@@ -283,15 +281,15 @@ def _row_summary(
 @triton.jit
 def _summary_kernel(
     fparams_ptr, iparams_ptr, part_f_ptr, part_i_ptr, hist_ptr, stats_f_ptr, stats_i_ptr, blk_cand_ptr, num_blocks,
-    N_TOP: tl.constexpr, NUM_BINS: tl.constexpr, NBLK_P2: tl.constexpr,
+    n_top, NUM_BINS: tl.constexpr, NBLK_P2: tl.constexpr,
 ):
     """Per row: merged statistics, the cut bin, and where each block's candidates go."""
     row = tl.program_id(0)
     temp, top_p, log_min_p, rep, freq, pres, mode, top_k, pen_row, seed, position = _load_row_params(
         fparams_ptr, iparams_ptr, row)
     m, s, anchor, cut, min_p_exact, token, token_z, blk_counts = _row_summary(
-        row, num_blocks, part_f_ptr, part_i_ptr, hist_ptr, mode, top_k, top_p, log_min_p,
-        N_TOP, NBLK_P2, NUM_BINS)
+        row, num_blocks, part_f_ptr, part_i_ptr, hist_ptr, mode, top_k, top_p, log_min_p, n_top,
+        NBLK_P2, NUM_BINS)
     blks = tl.arange(0, NBLK_P2)
     valid = blks < num_blocks
     tl.store(blk_cand_ptr + (row * num_blocks + blks) * 2 + 0, tl.cumsum(blk_counts, axis=0) - blk_counts,
@@ -338,33 +336,141 @@ def _compact_kernel(
         tl.store(cand_idx_ptr + row * CAP + slot, offs, mask=store)
 
 
-# ----------------------------------------------------------------------------- pass 3 fallbacks
+# ----------------------------------------------------------------------------- pass 3 helpers
 
 
 @triton.jit
-def _count_mass_above(
-    key_lo, m_safe, logits_ptr, row_stride, row, vocab, temp, pen_row, seen_ptr, counts_ptr, num_words,
-    rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
-    HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, SIZE: tl.constexpr,
-    SUB: tl.constexpr,
-):
-    """Count and ``sum(exp(z - m))`` of the finite tokens with key >= key_lo, by a pass over the row."""
-    lanes = tl.arange(0, SIZE)
-    count = 0
+def _top_key(key, idx):
+    """int64 ordered by (key desc, idx asc) under max(): key in the high word."""
+    return (key.to(tl.int64) << 32) | (0x7FFFFFFF - idx).to(tl.int64)
+
+
+@triton.jit
+def _store_top(top_id_ptr, top_lp_ptr, i, top, log_norm):
+    """Store the i-th top entry from its _top_key (none left: id -1, logprob -inf)."""
+    found = top != -9223372036854775808
+    z = _key_to_float((top >> 32).to(tl.int32))
+    token = 0x7FFFFFFF - (top & 0xFFFFFFFF)
+    tl.store(top_id_ptr + i, tl.where(found, token, -1))
+    tl.store(top_lp_ptr + i, tl.where(found, z - log_norm, float("-inf")))
+
+
+@triton.jit
+def _pivots(lo, hi, NPIV: tl.constexpr):
+    """NPIV keys splitting the open bracket (lo, hi) evenly."""
+    steps = (tl.arange(0, NPIV) + 1).to(tl.int64)
+    return lo + ((hi - lo) * steps) // (NPIV + 1)
+
+
+@triton.jit
+def _narrow(lo, hi, pivots, n_above, mass_above, k_on, top_k, p_on, target):
+    """Keep the bracket [lo, hi) with lo satisfying top-k or top-p and hi satisfying neither."""
+    ok = tl.where(k_on, n_above >= top_k, False) | tl.where(p_on, mass_above >= target, False)
+    return tl.max(tl.where(ok, pivots, lo), axis=0), tl.min(tl.where(ok, hi, pivots), axis=0)
+
+
+@triton.jit
+def _load_candidates(cand_val_ptr, cand_idx_ptr, row, start, count, m_safe, CAP: tl.constexpr, CH: tl.constexpr):
+    slots = start + tl.arange(0, CH)
+    live = slots < count
+    vals = tl.load(cand_val_ptr + row * CAP + slots, mask=live, other=float("-inf"))
+    idxs = tl.load(cand_idx_ptr + row * CAP + slots, mask=live, other=0)
+    return slots, live, vals, idxs, _order_key(vals), tl.exp(vals - m_safe)
+
+
+@triton.jit
+def _candidates_above(pivots, cand_val_ptr, cand_idx_ptr, row, count, m_safe, NPIV: tl.constexpr,
+                      CAP: tl.constexpr, CH: tl.constexpr):
+    """Count and mass of the candidates with key >= each pivot."""
+    n_above = tl.zeros([NPIV], tl.int32)
+    mass_above = tl.zeros([NPIV], tl.float32)
+    for start in range(0, count, CH):
+        slots, live, vals, idxs, keys, expz = _load_candidates(
+            cand_val_ptr, cand_idx_ptr, row, start, count, m_safe, CAP, CH)
+        above = keys[:, None] >= pivots[None, :]
+        n_above += tl.sum(above.to(tl.int32), axis=0)
+        mass_above += tl.sum(tl.where(above, expz[:, None], 0.0), axis=0)
+    return n_above, mass_above
+
+
+@triton.jit
+def _candidates_low_mass(cand_val_ptr, cand_idx_ptr, row, count, m_safe, CAP: tl.constexpr, CH: tl.constexpr):
+    """Lowest key and total mass of the candidates."""
+    low = 2147483647
     mass = 0.0
+    for start in range(0, count, CH):
+        slots, live, vals, idxs, keys, expz = _load_candidates(
+            cand_val_ptr, cand_idx_ptr, row, start, count, m_safe, CAP, CH)
+        low = tl.minimum(low, tl.min(tl.where(live, keys, 2147483647), axis=0))
+        mass += tl.sum(expz, axis=0)
+    return low, mass
+
+
+@triton.jit
+def _sample_candidates(key_lo, min_z, seed, position, cand_val_ptr, cand_idx_ptr, row, count, m_safe,
+                       CAP: tl.constexpr, CH: tl.constexpr):
+    """Gumbel-max over the kept candidates; returns (token, its z, kept mass)."""
+    best = float("-inf")
+    best_slot = 0
+    mass = 0.0
+    for start in range(0, count, CH):
+        slots, live, vals, idxs, keys, expz = _load_candidates(
+            cand_val_ptr, cand_idx_ptr, row, start, count, m_safe, CAP, CH)
+        kept = live & (keys >= key_lo) & (vals >= min_z)
+        mass += tl.sum(tl.where(kept, expz, 0.0), axis=0)
+        score = tl.where(kept, _gumbel_scores(vals, _noise_bits(seed, position, idxs)), float("-inf"))
+        chunk_best = tl.max(score, axis=0)
+        chunk_slot = tl.min(tl.where(score == chunk_best, slots, CAP), axis=0)
+        better = chunk_best > best
+        best_slot = tl.where(better, chunk_slot, best_slot)
+        best = tl.where(better, chunk_best, best)
+    token = tl.load(cand_idx_ptr + row * CAP + best_slot, mask=count > 0, other=0)
+    token_z = tl.load(cand_val_ptr + row * CAP + best_slot, mask=count > 0, other=float("-inf"))
+    return token, token_z, mass
+
+
+@triton.jit
+def _top_candidates(n_top, key_lo, min_z, log_norm, top_id_ptr, top_lp_ptr, cand_val_ptr, cand_idx_ptr, row,
+                    count, m_safe, CAP: tl.constexpr, CH: tl.constexpr):
+    """The n_top highest kept candidates, each found by a max over the candidates below the last."""
+    prev = 9223372036854775807
+    for i in range(n_top):
+        top = -9223372036854775808
+        for start in range(0, count, CH):
+            slots, live, vals, idxs, keys, expz = _load_candidates(
+                cand_val_ptr, cand_idx_ptr, row, start, count, m_safe, CAP, CH)
+            kept = live & (keys >= key_lo) & (vals >= min_z)
+            ranked = tl.where(kept, _top_key(keys, idxs), -9223372036854775808)
+            top = tl.maximum(top, tl.max(tl.where(ranked < prev, ranked, -9223372036854775808), axis=0))
+        _store_top(top_id_ptr, top_lp_ptr, i, top, log_norm)
+        prev = top
+
+
+@triton.jit
+def _row_above(
+    pivots, m_safe, logits_ptr, row_stride, row, vocab, temp, pen_row, seen_ptr, counts_ptr, num_words,
+    rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
+    HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, NPIV: tl.constexpr,
+    SIZE: tl.constexpr, SUB: tl.constexpr,
+):
+    """Count and mass of the row's finite tokens with key >= each pivot, by a pass over the row."""
+    lanes = tl.arange(0, SIZE)
+    lowest = tl.min(pivots, axis=0)
+    n_above = tl.zeros([NPIV], tl.int32)
+    mass_above = tl.zeros([NPIV], tl.float32)
     for start in range(0, vocab, SIZE):
         offs = start + lanes
         inb = offs < vocab
         sub_max = tl.load(submax_ptr + row * num_sub + offs // SUB, mask=inb, other=float("-inf"))
-        live = inb & (_order_key(sub_max) >= key_lo) & (sub_max > float("-inf"))
+        live = inb & (_order_key(sub_max) >= lowest) & (sub_max > float("-inf"))
         if tl.max(live.to(tl.int32), axis=0) > 0:
             z = _processed_logits(logits_ptr, row_stride, row, offs, live, vocab, temp, pen_row, seen_ptr,
                                   counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr,
                                   HAS_PEN, HAS_BIAS, HAS_MASK)
-            hit = live & (_order_key(z) >= key_lo) & (z > float("-inf"))
-            count += tl.sum(hit.to(tl.int32), axis=0)
-            mass += tl.sum(tl.where(hit, tl.exp(z - m_safe), 0.0), axis=0)
-    return count, mass
+            above = (live & (z > float("-inf")))[:, None] & (_order_key(z)[:, None] >= pivots[None, :])
+            n_above += tl.sum(above.to(tl.int32), axis=0)
+            mass_above += tl.sum(tl.where(above, tl.exp(z - m_safe)[:, None], 0.0), axis=0)
+    return n_above, mass_above
 
 
 @triton.jit
@@ -403,32 +509,16 @@ def _sample_full_row(
 
 
 @triton.jit
-def _top_key(key, idx):
-    """int64 ordered by (key desc, idx asc) under max(): key in the high word."""
-    return (key.to(tl.int64) << 32) | (0x7FFFFFFF - idx).to(tl.int64)
-
-
-@triton.jit
-def _store_top(top_id_ptr, top_lp_ptr, i, top, log_norm, write):
-    """Store the i-th top entry from its _top_key (none left: id -1, logprob -inf)."""
-    found = top != -9223372036854775808
-    z = _key_to_float((top >> 32).to(tl.int32))
-    token = 0x7FFFFFFF - (top & 0xFFFFFFFF)
-    tl.store(top_id_ptr + i, tl.where(found, token, -1), mask=write)
-    tl.store(top_lp_ptr + i, tl.where(found, z - log_norm, float("-inf")), mask=write)
-
-
-@triton.jit
 def _top_full_row(
-    key_lo, min_z, log_norm, top_id_ptr, top_lp_ptr, logits_ptr, row_stride, row, vocab, temp, pen_row, seen_ptr,
-    counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
-    N_TOP: tl.constexpr, HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    SIZE: tl.constexpr, SUB: tl.constexpr,
+    n_top, key_lo, min_z, log_norm, top_id_ptr, top_lp_ptr, logits_ptr, row_stride, row, vocab, temp, pen_row,
+    seen_ptr, counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
+    HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, SIZE: tl.constexpr,
+    SUB: tl.constexpr,
 ):
-    """Top-n kept tokens by n passes over the row, each taking the next one down."""
+    """The n_top highest kept tokens by n_top passes over the row, each taking the next one down."""
     lanes = tl.arange(0, SIZE)
     prev = 9223372036854775807
-    for i in tl.static_range(N_TOP):
+    for i in range(n_top):
         top = -9223372036854775808
         for start in range(0, vocab, SIZE):
             offs = start + lanes
@@ -443,7 +533,7 @@ def _top_full_row(
                 kept = live & (key >= key_lo) & (z >= min_z) & (z > float("-inf"))
                 ranked = tl.where(kept, _top_key(key, offs), -9223372036854775808)
                 top = tl.maximum(top, tl.max(tl.where(ranked < prev, ranked, -9223372036854775808), axis=0))
-        _store_top(top_id_ptr, top_lp_ptr, i, top, log_norm, top == top)
+        _store_top(top_id_ptr, top_lp_ptr, i, top, log_norm)
         prev = top
 
 
@@ -451,86 +541,11 @@ def _top_full_row(
 
 
 @triton.jit
-def _bisect_candidates(keys, expz, low_key, high_key, k_on, top_k, p_on, target, NPIV: tl.constexpr):
-    """Largest key t with count(keys >= t) >= top_k or mass(keys >= t) >= target, NPIV pivots a step.
-
-    Invariant: the bracket's low end satisfies a filter, its high end does not.
-    """
-    lo = low_key.to(tl.int64)
-    hi = high_key.to(tl.int64)
-    steps = (tl.arange(0, NPIV) + 1).to(tl.int64)
-    while hi - lo > 1:
-        pivots = lo + ((hi - lo) * steps) // (NPIV + 1)
-        above = keys[:, None] >= pivots[None, :]
-        n_above = tl.sum(above.to(tl.int32), axis=0)
-        mass_above = tl.sum(tl.where(above, expz[:, None], 0.0), axis=0)
-        ok = tl.where(k_on, n_above >= top_k, False) | tl.where(p_on, mass_above >= target, False)
-        lo = tl.max(tl.where(ok, pivots, lo), axis=0)
-        hi = tl.min(tl.where(ok, hi, pivots), axis=0)
-    return lo
-
-
-@triton.jit
-def _finish_from_candidates(
-    row, cand_val_ptr, cand_idx_ptr, count, cut, min_p_exact, m, s, token, token_z,
-    mode, top_k, top_p, log_min_p, seed, position, token_ptr, logprob_ptr, top_id_ptr, top_lp_ptr, tau_ptr,
-    CAP: tl.constexpr, TILE: tl.constexpr, NPIV: tl.constexpr, N_TOP: tl.constexpr, WANT_LP: tl.constexpr,
-    NUM_BINS: tl.constexpr,
-):
-    """Threshold, sample and logprobs from the row's candidates (count <= TILE); writes the
-    outputs and returns 1, or returns 0 without writing if the candidates miss kept tokens."""
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    slots = tl.arange(0, TILE)
-    in_buf = slots < count
-    vals = tl.load(cand_val_ptr + row * CAP + slots, mask=in_buf, other=float("-inf"))
-    idxs = tl.load(cand_idx_ptr + row * CAP + slots, mask=in_buf, other=0)
-    keys = _order_key(vals)
-    expz = tl.exp(vals - m_safe)
-    key_lo = tl.full([], NEG_INF_KEY, tl.int64)
-    min_z = float("-inf")
-    mass = s
-    ok = count >= 0
-    if mode == 2:
-        k_on = top_k > 0
-        p_on = top_p < 1.0
-        target = top_p * s
-        min_z = m + log_min_p
-        # The lowest candidate must satisfy top-k or top-p (then the threshold is bracketed)
-        # unless the candidates are all finite tokens or exactly the min-p set.
-        holds_low = (k_on & (count >= top_k)) | (p_on & (tl.sum(expz, axis=0) >= target))
-        ok = holds_low | (cut >= NUM_BINS - 2) | (min_p_exact != 0) | ~(k_on | p_on)
-        if holds_low & (k_on | p_on):
-            low_key = tl.min(tl.where(in_buf, keys, 2147483647), axis=0)
-            key_lo = _bisect_candidates(keys, expz, low_key, _order_key(m) + 1, k_on, top_k, p_on, target, NPIV)
-        kept = in_buf & (keys >= key_lo) & (vals >= min_z)
-        mass = tl.sum(tl.where(kept, expz, 0.0), axis=0)
-        score = tl.where(kept, _gumbel_scores(vals, _noise_bits(seed, position, idxs)), float("-inf"))
-        win = tl.min(tl.where(score == tl.max(score, axis=0), slots, TILE - 1), axis=0)
-        token = tl.load(cand_idx_ptr + row * CAP + win, mask=count > 0, other=0)
-        token_z = tl.load(cand_val_ptr + row * CAP + win, mask=count > 0, other=float("-inf"))
-
-    tl.store(token_ptr + row, token.to(tl.int64), mask=ok)
-    tl.store(tau_ptr + row, tl.maximum(_key_to_float(key_lo), min_z), mask=ok)
-    log_norm = m_safe + tl.log(mass)
-    if WANT_LP:
-        tl.store(logprob_ptr + row, token_z - log_norm, mask=ok)
-    if N_TOP > 0:
-        kept = in_buf & (keys >= key_lo) & (vals >= min_z)
-        ranked = tl.where(kept, _top_key(keys, idxs), -9223372036854775808)
-        prev = 9223372036854775807
-        for i in tl.static_range(N_TOP):
-            top = tl.max(tl.where(ranked < prev, ranked, -9223372036854775808), axis=0)
-            _store_top(top_id_ptr + row * N_TOP, top_lp_ptr + row * N_TOP, i, top, log_norm, ok)
-            prev = top
-    return ok.to(tl.int32)
-
-
-@triton.jit
 def _finalize_kernel(
     logits_ptr, row_stride, fparams_ptr, iparams_ptr, seen_ptr, counts_ptr, num_words, bias_ptr, mask_ptr,
     submax_ptr, stats_f_ptr, stats_i_ptr, cand_val_ptr, cand_idx_ptr,
-    token_ptr, logprob_ptr, top_id_ptr, top_lp_ptr, tau_ptr, vocab, num_sub,
-    CAP: tl.constexpr, SMALL: tl.constexpr, N_TOP: tl.constexpr, WANT_LP: tl.constexpr,
+    token_ptr, logprob_ptr, top_id_ptr, top_lp_ptr, tau_ptr, vocab, num_sub, n_top,
+    CAP: tl.constexpr, CH: tl.constexpr, NPIV: tl.constexpr, WANT_LP: tl.constexpr, HAS_TOP: tl.constexpr,
     HAS_PEN: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     SIZE: tl.constexpr, SUB: tl.constexpr, NUM_BINS: tl.constexpr,
 ):
@@ -544,56 +559,70 @@ def _finalize_kernel(
     cut = tl.load(stats_i_ptr + row * 8 + 1)
     min_p_exact = tl.load(stats_i_ptr + row * 8 + 2)
     token = tl.load(stats_i_ptr + row * 8 + 3)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
 
-    done = 0
-    if (cut >= 0) & (count <= CAP):
-        # Two register tiles: most rows have a few hundred candidates at most.
-        if count <= SMALL:
-            done = _finish_from_candidates(
-                row, cand_val_ptr, cand_idx_ptr, count, cut, min_p_exact, m, s, token, token_z,
-                mode, top_k, top_p, log_min_p, seed, position, token_ptr, logprob_ptr, top_id_ptr, top_lp_ptr,
-                tau_ptr, CAP, SMALL, 16, N_TOP, WANT_LP, NUM_BINS)
+    use_cands = (cut >= 0) & (count <= CAP)
+    key_lo = tl.full([], NEG_INF_KEY, tl.int64)
+    min_z = float("-inf")
+    mass = s
+    if mode == 2:
+        k_on = top_k > 0
+        p_on = top_p < 1.0
+        target = top_p * s
+        min_z = m + log_min_p
+        high = _order_key(m).to(tl.int64) + 1
+        usable = False
+        if use_cands:
+            # The candidates bracket the top-k/top-p threshold if the lowest one satisfies a
+            # filter; they hold every kept token anyway if they are all finite tokens, or
+            # exactly the min-p set, or top-k and top-p are off.
+            low, total = _candidates_low_mass(cand_val_ptr, cand_idx_ptr, row, count, m_safe, CAP, CH)
+            holds_low = (k_on & (count >= top_k)) | (p_on & (total >= target))
+            usable = holds_low | (cut >= NUM_BINS - 2) | (min_p_exact != 0) | ~(k_on | p_on)
+            if holds_low & (k_on | p_on):
+                lo = low.to(tl.int64)
+                hi = high
+                while hi - lo > 1:
+                    pivots = _pivots(lo, hi, NPIV)
+                    n_above, mass_above = _candidates_above(
+                        pivots, cand_val_ptr, cand_idx_ptr, row, count, m_safe, NPIV, CAP, CH)
+                    lo, hi = _narrow(lo, hi, pivots, n_above, mass_above, k_on, top_k, p_on, target)
+                key_lo = lo
+        if usable:
+            token, token_z, mass = _sample_candidates(
+                key_lo, min_z, seed, position, cand_val_ptr, cand_idx_ptr, row, count, m_safe, CAP, CH)
         else:
-            done = _finish_from_candidates(
-                row, cand_val_ptr, cand_idx_ptr, count, cut, min_p_exact, m, s, token, token_z,
-                mode, top_k, top_p, log_min_p, seed, position, token_ptr, logprob_ptr, top_id_ptr, top_lp_ptr,
-                tau_ptr, CAP, CAP, 4, N_TOP, WANT_LP, NUM_BINS)
-    if done == 0:
-        m_safe = tl.where(m == float("-inf"), 0.0, m)
-        key_lo = tl.full([], NEG_INF_KEY, tl.int64)
-        min_z = float("-inf")
-        mass = s
-        if mode == 2:
-            k_on = top_k > 0
-            p_on = top_p < 1.0
-            target = top_p * s
-            min_z = m + log_min_p
+            # Fallback: bracket the threshold by passes over the whole row.
+            use_cands = False
             lo = tl.full([], NEG_INF_KEY, tl.int64)
-            hi = _order_key(m).to(tl.int64) + 1
+            hi = high
             while hi - lo > 1:
-                mid = (lo + hi) >> 1
-                n_above, mass_above = _count_mass_above(
-                    mid, m_safe, logits_ptr, row_stride, row, vocab, temp, pen_row, seen_ptr, counts_ptr,
+                pivots = _pivots(lo, hi, NPIV)
+                n_above, mass_above = _row_above(
+                    pivots, m_safe, logits_ptr, row_stride, row, vocab, temp, pen_row, seen_ptr, counts_ptr,
                     num_words, rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
-                    HAS_PEN, HAS_BIAS, HAS_MASK, SIZE, SUB)
-                ok = (k_on & (n_above >= top_k)) | (p_on & (mass_above >= target))
-                lo = tl.where(ok, mid, lo)
-                hi = tl.where(ok, hi, mid)
+                    HAS_PEN, HAS_BIAS, HAS_MASK, NPIV, SIZE, SUB)
+                lo, hi = _narrow(lo, hi, pivots, n_above, mass_above, k_on, top_k, p_on, target)
             key_lo = lo
             token, token_z, mass = _sample_full_row(
                 key_lo, min_z, m_safe, seed, position, logits_ptr, row_stride, row, vocab, temp, pen_row,
                 seen_ptr, counts_ptr, num_words, rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
                 HAS_PEN, HAS_BIAS, HAS_MASK, SIZE, SUB)
-        tl.store(token_ptr + row, token.to(tl.int64))
-        tl.store(tau_ptr + row, tl.maximum(_key_to_float(key_lo), min_z))
-        log_norm = m_safe + tl.log(mass)
-        if WANT_LP:
-            tl.store(logprob_ptr + row, token_z - log_norm)
-        if N_TOP > 0:
-            _top_full_row(key_lo, min_z, log_norm, top_id_ptr + row * N_TOP, top_lp_ptr + row * N_TOP,
+
+    tl.store(token_ptr + row, token.to(tl.int64))
+    tl.store(tau_ptr + row, tl.maximum(_key_to_float(key_lo), min_z))
+    log_norm = m_safe + tl.log(mass)
+    if WANT_LP:
+        tl.store(logprob_ptr + row, token_z - log_norm)
+    if HAS_TOP:
+        if use_cands:
+            _top_candidates(n_top, key_lo, min_z, log_norm, top_id_ptr + row * n_top, top_lp_ptr + row * n_top,
+                            cand_val_ptr, cand_idx_ptr, row, count, m_safe, CAP, CH)
+        else:
+            _top_full_row(n_top, key_lo, min_z, log_norm, top_id_ptr + row * n_top, top_lp_ptr + row * n_top,
                           logits_ptr, row_stride, row, vocab, temp, pen_row, seen_ptr, counts_ptr, num_words,
                           rep, freq, pres, bias_ptr, mask_ptr, submax_ptr, num_sub,
-                          N_TOP, HAS_PEN, HAS_BIAS, HAS_MASK, SIZE, SUB)
+                          HAS_PEN, HAS_BIAS, HAS_MASK, SIZE, SUB)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -710,16 +739,16 @@ def _sample(
             *inputs, part_f, part_i, hist, vocab, cfg.num_sub, cfg.num_blocks,
             BLOCK=cfg.block, num_warps=_warps(cfg.block), **flags)
         _summary_kernel[(batch,)](
-            fparams, iparams, part_f, part_i, hist, stats_f, stats_i, blk_cand, cfg.num_blocks,
-            N_TOP=n_top, NUM_BINS=NUM_BINS, NBLK_P2=triton.next_power_of_2(cfg.num_blocks), num_warps=4,
+            fparams, iparams, part_f, part_i, hist, stats_f, stats_i, blk_cand, cfg.num_blocks, n_top,
+            NUM_BINS=NUM_BINS, NBLK_P2=triton.next_power_of_2(cfg.num_blocks), num_warps=8,
             enable_fp_fusion=False)
         _compact_kernel[per_block](
             *inputs, stats_i, blk_cand, cand_val, cand_idx, vocab, cfg.num_sub, cfg.num_blocks,
             CAP=cfg.cap, BLOCK=cfg.block, num_warps=_warps(cfg.block), **flags)
         _finalize_kernel[(batch,)](
             *inputs, stats_f, stats_i, cand_val, cand_idx, token_ids, logprobs, top_ids, top_lp, tau,
-            vocab, cfg.num_sub, CAP=cfg.cap, SMALL=min(SMALL_CAP, cfg.cap), N_TOP=n_top, WANT_LP=num_logprobs is not None,
-            SIZE=cfg.loop_block, num_warps=_warps(cfg.cap), **flags)
+            vocab, cfg.num_sub, n_top, CAP=cfg.cap, CH=min(CHUNK, cfg.cap), NPIV=NPIV,
+            WANT_LP=num_logprobs is not None, HAS_TOP=n_top > 0, SIZE=cfg.loop_block, num_warps=4, **flags)
     return _result(token_ids, logprobs, top_ids, top_lp, num_logprobs), tau
 
 

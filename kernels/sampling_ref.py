@@ -6,8 +6,9 @@ parameter validation; ``kernels/sampling.py`` imports them from here.
 
 Order of operations, per row (all in float32):
 
-1. Penalties on the raw logits ``x`` (vLLM semantics). For tokens seen in the prompt
-   or the output: ``x / rep`` if ``x > 0`` else ``x * rep``. Then
+1. Penalties on the raw logits ``x`` (vLLM semantics), from the row's PenaltyState
+   slot (``penalty_rows``; a negative slot means no statistics). For tokens seen in
+   the prompt or the output: ``x / rep`` if ``x > 0`` else ``x * rep``. Then
    ``x - frequency * count`` and, where ``count > 0``, ``x - presence``.
 2. Logit bias: ``x + bias``. Allowed mask: forbidden tokens become ``-inf``.
    The result is the penalized logit ``l``.
@@ -16,11 +17,13 @@ Order of operations, per row (all in float32):
    distribution ``p = softmax(z)`` (not renormalized between filters) and the kept
    set is the intersection, i.e. ``z >= tau`` with ``tau = max(tau_k, tau_p, tau_min)``:
    - top_k: ``tau_k`` is the k-th largest ``z``; ties at the boundary are kept.
+     ``top_k <= 0`` or ``>= vocab`` disables it; above the number of finite
+     tokens it keeps them all.
    - top_p: ``tau_p`` is the largest value t with ``sum(p[z >= t]) >= top_p``: the
      smallest set of highest-probability tokens with mass >= top_p, plus every
      token tied with its last member. If rounding leaves no such t, all are kept.
    - min_p: ``tau_min = max(z) + log(min_p)``, i.e. keep ``p >= min_p * max(p)``.
-   Tokens with ``z = -inf`` are never kept.
+   Tokens with ``z = -inf`` are never kept; greedy rows ignore the filters.
 5. Sample: Gumbel-max, ``argmax(z - log(E))`` over kept tokens, where
    ``E = -log(1 - v)`` is an exponential variate from a uniform ``v`` that is a pure
    function of (seed, position, token index): Philox4x32-10 exactly as Triton's
@@ -33,7 +36,7 @@ Logprobs are the log-softmax of the distribution actually sampled from: over the
 kept tokens of ``z`` for sampled rows (others are -inf), over all of ``l`` for greedy
 rows. ``top_ids`` lists the n tokens of highest logprob, descending, ties by lowest
 token index; slots beyond the number of tokens with a finite logprob hold id -1
-and logprob -inf.
+and logprob -inf. Rows whose logits are all -inf or NaN give an undefined token.
 
 The uniforms match the kernel bit for bit; the Gumbel transform and the sums here
 run in float64 so that the reference itself is batch-invariant (float32 reductions
@@ -75,10 +78,6 @@ class SamplingTensors:
     penalty_rows: Tensor | None = None  # [B] int, row in the PenaltyState (< 0: none)
     logit_bias: Tensor | None = None  # [B, V] float32
     allowed_mask: Tensor | None = None  # [B, V] bool, False => forbidden
-
-    @property
-    def batch_size(self) -> int:
-        return self.temperature.shape[0]
 
 
 @dataclass
@@ -122,7 +121,10 @@ class PenaltyState:
         self.seen_bits[row] = self._pack(padded.view(self.num_words, 32))
 
     def add_tokens(self, rows: Tensor, tokens: Tensor) -> None:
-        """Count ``tokens[i]`` as a new output token of sequence slot ``rows[i]`` (no host sync)."""
+        """Count ``tokens[i]`` as a new output token of sequence slot ``rows[i]`` (no host sync).
+
+        Rows and tokens must be valid indices; a row may appear more than once.
+        """
         rows, tokens = rows.long(), tokens.long()
         ones = torch.ones_like(tokens, dtype=torch.int32)
         self.counts.index_put_((rows, tokens), ones, accumulate=True)
@@ -265,10 +267,26 @@ def random_bits(seed: Tensor, position: Tensor, token: Tensor) -> Tensor:
     return torch.where(lane == 0, outs[0], torch.where(lane == 1, outs[1], torch.where(lane == 2, outs[2], outs[3])))
 
 
+def row_random_bits(seed: Tensor, position: Tensor, vocab: int) -> Tensor:
+    """``random_bits`` of tokens 0..vocab-1 for each row [R], as [R, vocab], a quarter of the cost."""
+    groups = torch.arange((vocab + 3) // 4, device=seed.device)
+    counter, seed2 = torch.broadcast_tensors(groups[None, :], seed.long()[:, None])
+    zero = torch.zeros_like(counter)
+    outs = philox4x32(seed2, counter, position.long()[:, None].expand_as(counter), zero, zero)
+    return torch.stack(outs, dim=-1).reshape(seed.shape[0], -1)[:, :vocab]
+
+
+def _to_uniform(bits: Tensor) -> Tensor:
+    return (bits.to(torch.float32) + 0.5) * 2.0**-32
+
+
 def uniform_noise(seed: Tensor, position: Tensor, token: Tensor) -> Tensor:
     """``v = (float32(r) + 0.5) * 2**-32`` in (0, 1], float32, bit-identical to the kernel."""
-    bits = random_bits(seed, position, token)
-    return (bits.to(torch.float32) + 0.5) * 2.0**-32
+    return _to_uniform(random_bits(seed, position, token))
+
+
+def row_uniform_noise(seed: Tensor, position: Tensor, vocab: int) -> Tensor:
+    return _to_uniform(row_random_bits(seed, position, vocab))
 
 
 # ----------------------------------------------------------------------------- processing
@@ -306,29 +324,34 @@ def filter_threshold(z: Tensor, params: SamplingTensors) -> Tensor:
     Sorting is fine here: this is the specification, not the fast path.
     """
     batch, vocab = z.shape
-    sampled = params.temperature > 0
+    top_k = params.top_k.long()
+    filtered = (params.temperature > 0) & (((top_k > 0) & (top_k < vocab)) | (params.top_p < 1) | (params.min_p > 0))
+    tau = torch.full((batch,), -math.inf, dtype=torch.float32, device=z.device)
+    rows = filtered.nonzero()[:, 0]
+    if rows.numel() > 0:
+        tau[rows] = _thresholds(z[rows], top_k[rows], params.top_p[rows].float(), params.min_p[rows].float())
+    return tau
+
+
+def _thresholds(z: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor) -> Tensor:
+    batch, vocab = z.shape
     z_sorted = torch.sort(z, dim=1, descending=True, stable=True).values
     n_finite = (z > -math.inf).sum(dim=1)
     neg_inf = torch.full((batch,), -math.inf, dtype=torch.float32, device=z.device)
 
-    k = params.top_k.long()
-    k_on = sampled & (k > 0) & (k < vocab) & (k <= n_finite)
-    tau_k = z_sorted.gather(1, (k.clamp(1, vocab) - 1)[:, None])[:, 0]
+    k_on = (top_k > 0) & (top_k < vocab) & (top_k <= n_finite)
+    tau_k = z_sorted.gather(1, (top_k.clamp(1, vocab) - 1)[:, None])[:, 0]
 
     z_max = z_sorted[:, 0]
     e = torch.exp(z_sorted.double() - _safe_max(z_max).double()[:, None])
     cum = torch.cumsum(e, dim=1)
-    target = params.top_p.double() * cum[:, -1]
-    reached = cum >= target[:, None]
-    first = reached.int().argmax(dim=1)
-    p_on = sampled & (params.top_p < 1) & reached.any(dim=1)
-    tau_p = z_sorted.gather(1, first[:, None])[:, 0]
+    reached = cum >= (top_p.double() * cum[:, -1])[:, None]
+    p_on = (top_p < 1) & reached.any(dim=1)
+    tau_p = z_sorted.gather(1, reached.int().argmax(dim=1)[:, None])[:, 0]
 
-    min_p_on = sampled & (params.min_p > 0)
-    tau_min = z_max + torch.log(params.min_p.float())
-
+    tau_min = z_max + torch.log(min_p)
     tau = torch.maximum(torch.where(k_on, tau_k, neg_inf), torch.where(p_on, tau_p, neg_inf))
-    return torch.maximum(tau, torch.where(min_p_on, tau_min, neg_inf))
+    return torch.maximum(tau, torch.where(min_p > 0, tau_min, neg_inf))
 
 
 def _safe_max(z_max: Tensor) -> Tensor:
@@ -390,10 +413,21 @@ def _pad_top(top_ids: Tensor, top_lp: Tensor, top_kept: Tensor, n: int) -> tuple
 
 
 def _gumbel_argmax(z: Tensor, kept: Tensor, params: SamplingTensors) -> Tensor:
-    """argmax over kept tokens of ``z - log(E)``; noise only where it can matter."""
-    rows, cols = (kept & (params.temperature > 0)[:, None]).nonzero(as_tuple=True)
-    v = uniform_noise(params.seed[rows], params.position[rows], cols).double()
-    exponential = -torch.log1p(-v)
-    scores = torch.full(z.shape, -math.inf, dtype=torch.float64, device=z.device)
-    scores[rows, cols] = z[rows, cols].double() - torch.log(exponential)
-    return scores.argmax(dim=1)
+    """argmax over kept tokens of ``z - log(E)``, noise drawn only for sampled rows."""
+    tokens = torch.zeros(z.shape[0], dtype=torch.int64, device=z.device)
+    rows = (params.temperature > 0).nonzero()[:, 0]
+    if rows.numel() == 0:
+        return tokens
+    z, kept = z[rows], kept[rows]
+    seed, position = params.seed[rows], params.position[rows]
+    if int(kept.sum()) * 4 > kept.numel():  # dense: four tokens per Philox call
+        v = row_uniform_noise(seed, position, z.shape[1])
+        scores = z.double() - torch.log(-torch.log1p(-v.double()))
+        scores = scores.masked_fill(~kept, -math.inf)
+    else:
+        r, c = kept.nonzero(as_tuple=True)
+        v = uniform_noise(seed[r], position[r], c).double()
+        scores = torch.full(z.shape, -math.inf, dtype=torch.float64, device=z.device)
+        scores[r, c] = z[r, c].double() - torch.log(-torch.log1p(-v))
+    tokens[rows] = scores.argmax(dim=1)
+    return tokens

@@ -11,9 +11,10 @@ import json
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from bare_engine.errors import PromptTooLongError
 from bare_engine.pipeline.config import load_config
 from tiny_models import make_tokenizer
 
@@ -93,13 +94,15 @@ def default_script(model: str, prompt: str, seed: int) -> str:
 
 class FakeEngine:
     def __init__(self, models: dict[str, str], script=default_script, max_num_seqs: int = 4,
-                 order_seed: int = 0, step_delay: float = 0.0, interrupt_after_steps: int | None = None):
+                 order_seed: int = 0, step_delay: float = 0.0, interrupt_after_steps: int | None = None,
+                 max_prompt_tokens: int | None = None):
         self.model_names = sorted(models)
         self.script = script
         self.max_num_seqs = max_num_seqs
         self.rng = random.Random(order_seed)
         self.step_delay = step_delay
         self.interrupt_after_steps = interrupt_after_steps
+        self.max_prompt_tokens = max_prompt_tokens
         self.stats = {m: FakeStats() for m in self.model_names}
         self.waiting: list[_Request] = []
         self.running: list[_Request] = []
@@ -120,6 +123,8 @@ class FakeEngine:
         assert params.seed is not None, "pipeline requests must be seeded"
         ids = list(prompt) if isinstance(prompt, list) else self._tok(prompt)["input_ids"]
         text = self._tok.decode(ids) if isinstance(prompt, list) else prompt
+        if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
+            raise PromptTooLongError(f"prompt of {len(ids)} tokens does not fit")
         full, finish = self.script(model, text, params.seed), "stop"
         for stop in params.stop_strings:
             if stop in full:

@@ -6,13 +6,14 @@ from collections import Counter
 
 import pytest
 
-from bare_engine.errors import ResumeMismatchError
+from bare_engine.errors import PromptTooLongError, ResumeMismatchError
 from bare_engine.pipeline.config import STAGE_MODEL
 from bare_engine.pipeline.run import run_pipeline
-from bare_engine.pipeline.stages import derive_seed
+from bare_engine.pipeline.seeds import Example
+from bare_engine.pipeline.stages import StagePlanner, derive_seed
 from bare_engine.pipeline.templates import Templates
 from test_pipeline_fake_engine import (
-    SEEDS, base_script, default_script, fake_factory, fake_setup, read_records, write_jsonl,
+    SEEDS, FakeEngine, base_script, default_script, fake_factory, fake_setup, read_records, write_jsonl,
 )
 
 
@@ -182,6 +183,31 @@ def test_gives_up_after_max_candidates_when_nothing_parses(tmp_path):
     result = run_pipeline(cfg, fake_factory(script=never), log=lambda _: None)
     assert not result.complete and "max_candidates (25)" in result.stop_reason
     assert result.drops == Counter({"base:missing:question": 25})
+
+
+def test_refine_prompt_too_long_drops_the_candidate(tmp_path):
+    def base_by_seed_parity(model, prompt, seed):
+        if model == "instruct":
+            return default_script(model, prompt, seed)
+        words = "and more " * (60 if seed % 2 else 1)
+        return f"Question: Sam has pens {words}?\nAnswer: #### 1\n</example>"
+
+    cfg = fake_setup(tmp_path, num=8, **{"sampling.base.max_tokens": 1000})
+    planner = StagePlanner(cfg, [Example(s["id"], {f: s[f] for f in cfg.fields}) for s in SEEDS],
+                           FakeEngine({"instruct": "i"}).tokenizer)
+    cand = planner.candidate(0)
+    cand.fields = {"question": "Sam has pens and more ?", "answer": "#### 1"}
+    short_refine = len(planner.request(cand, "refine")[1])
+    factory = fake_factory(script=base_by_seed_parity, max_prompt_tokens=short_refine + 20)
+    result = run_pipeline(cfg, factory, log=lambda _: None)
+    assert result.complete and result.drops["refine:prompt_too_long"] > 0
+    assert all(r["base"]["seed"] % 2 == 0 for r in read_records(cfg.out))
+
+
+def test_base_prompt_too_long_is_an_error(tmp_path):
+    cfg = fake_setup(tmp_path, num=3)
+    with pytest.raises(PromptTooLongError):
+        run_pipeline(cfg, fake_factory(max_prompt_tokens=20), log=lambda _: None)
 
 
 def test_permissive_single_field_template(tmp_path):

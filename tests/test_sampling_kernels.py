@@ -152,6 +152,8 @@ def test_kernel_noise_bits_match_reference():
         assert torch.equal(tri.philox_bits(seed, position, tokens), expected)
         block = tri.philox_bits(seed, position, 1000, device="cpu")
         assert torch.equal(block, ref.random_bits(torch.tensor(seed), torch.tensor(position), torch.arange(1000)))
+        rows = ref.row_random_bits(torch.tensor([seed, 5]), torch.tensor([position, 0]), 999)
+        assert torch.equal(rows[0], block[:999])
     v = ref.uniform_noise(torch.tensor(3), torch.tensor(4), torch.arange(100_000))
     assert v.dtype == torch.float32 and bool((v > 0).all()) and bool((v <= 1).all())
     assert abs(float(v.double().mean()) - 0.5) < 0.005
@@ -437,8 +439,11 @@ def test_penalties_follow_vllm_semantics_and_kernel_matches():
     state = build_penalty_state(vocab, [(torch.randint(0, vocab, (8,), generator=gen).tolist(),
                                          torch.randint(0, vocab, (6,), generator=gen).tolist()) for _ in range(6)])
     params = make_params(6, temperature=[0.0, 0.0, 0.8, 1.0, 0.0, 1.2], top_k=[0, 0, 10, 0, 0, 5],
-                         repetition_penalty=[1.3, 0.8, 1.1, 1.0, 1.0, 2.0], presence_penalty=[0.0, 0.5, 1.0, 0.0, 0.0, -1.0],
-                         frequency_penalty=[0.3, 0.0, 0.2, 0.0, 0.0, 0.5], penalty_rows=torch.tensor([5, 4, 3, 2, 1, 0]))
+                         repetition_penalty=[1.3, 0.8, 1.1, 1.0, 1.0, 2.0],
+                         presence_penalty=[0.0, 0.5, 1.0, 0.0, 0.0, -1.0],
+                         frequency_penalty=[0.3, 0.0, 0.2, 0.0, 0.0, 0.5],
+                         penalty_rows=torch.tensor([5, 4, -1, 2, 1, 0]))
+    assert torch.equal(ref.penalized_logits(logits, params, state)[2], logits[2])  # row -1: no statistics
     got, expected = tri.sample(logits, params, state, 5), ref.sample(logits, params, state, 5)
     assert torch.equal(got.token_ids, expected.token_ids)
     assert torch.equal(got.top_ids, expected.top_ids)  # greedy rows rank the penalized logits
@@ -528,7 +533,7 @@ def test_bad_parameters_are_rejected_before_any_kernel(impl, change, message, mo
         def __getitem__(self, grid):
             raise AssertionError("a kernel ran before validation")
 
-    for name in ("_block_stats_kernel", "_compact_kernel", "_finalize_kernel"):
+    for name in ("_block_stats_kernel", "_summary_kernel", "_compact_kernel", "_finalize_kernel"):
         monkeypatch.setattr(tri, name, NoLaunch())
     scalars = {k: v for k, v in change.items() if not isinstance(v, torch.Tensor)}
     tensors = {k: v for k, v in change.items() if isinstance(v, torch.Tensor)}
@@ -558,3 +563,73 @@ def test_dispatch_helper_and_shared_types():
     assert tri.SampleResult is ref.SampleResult
     empty = tri.sample(torch.zeros(0, 10), make_params(0), None, 2)
     assert empty.token_ids.shape == (0,) and empty.top_ids.shape == (0, 2)
+
+
+# ----------------------------------------------------------------------------- GPU only
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def to_device(params: ref.SamplingTensors, device) -> ref.SamplingTensors:
+    fields = {name: getattr(params, name) for name in params.__dataclass_fields__}
+    return ref.SamplingTensors(**{k: (v.to(device) if v is not None else None) for k, v in fields.items()})
+
+
+def gpu_batch(batch: int, vocab: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(batch, vocab, generator=gen) * 3).cuda()
+    params = random_params(batch, gen)
+    params.repetition_penalty[::2] = 1.2
+    params.frequency_penalty[1::3] = 0.3
+    params.presence_penalty[::5] = 0.2
+    params.penalty_rows = torch.arange(batch)
+    state = ref.PenaltyState(batch, vocab, "cuda")
+    for row in range(batch):
+        history = torch.randint(0, vocab, (300,), generator=gen)
+        state.reset_row(row, history[:200], history[200:])
+    return logits, to_device(params, "cuda"), state
+
+
+def ambiguous_top_p(z: torch.Tensor, params: ref.SamplingTensors, slack: float = 1e-4) -> torch.Tensor:
+    """Tokens whose top-p membership turns on float rounding: the mass above them is within
+    ``slack`` of top_p (with 150k tokens in the nucleus, float32 sums cannot settle these)."""
+    p = torch.softmax(z.double(), dim=1)
+    order = torch.sort(z, dim=1, descending=True, stable=True).indices
+    above = torch.cumsum(p.gather(1, order), dim=1) - p.gather(1, order)
+    near = (above - params.top_p.double()[:, None]).abs() < slack
+    ambiguous = torch.zeros_like(near).scatter_(1, order, near)
+    return ambiguous & (params.top_p < 1)[:, None] & (params.temperature > 0)[:, None]
+
+
+@needs_cuda
+def test_gpu_large_vocabulary_matches_reference():
+    logits, params, state = gpu_batch(64, 151936, seed=15)
+    result, tau = tri._sample(logits, params, state, 5)
+    expected = ref.sample(logits, params, state, 5)
+    z = processed(logits, params, state)
+    differ = ref.kept_mask(z, tau) ^ ref.kept_mask(z, ref.filter_threshold(z, params))
+    assert not (differ & ~ambiguous_top_p(z, params)).any()
+    assert torch.equal(result.token_ids, expected.token_ids)
+    assert torch.equal(result.top_ids, expected.top_ids)
+    torch.testing.assert_close(result.top_logprobs, expected.top_logprobs)
+
+
+@needs_cuda
+def test_gpu_cuda_graph_replay_matches_eager():
+    logits, params, state = gpu_batch(16, 32000, seed=16)
+    eager = tri.sample(logits, params, state, 3, validate=False)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        tri.sample(logits, params, state, 3, validate=False)  # compile outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = tri.sample(logits, params, state, 3, validate=False)
+    graph.replay()
+    assert torch.equal(captured.token_ids, eager.token_ids)
+    assert torch.equal(captured.logprobs, eager.logprobs)
+    params.position += 1  # next step: new noise, same graph
+    logits.mul_(0.5)
+    graph.replay()
+    assert torch.equal(captured.token_ids, tri.sample(logits, params, state, 3).token_ids)

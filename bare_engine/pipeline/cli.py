@@ -95,7 +95,8 @@ def _run(config_path: str | None, print_config: bool, **params) -> None:
 
         result = run_pipeline(cfg, log=lambda line: click.echo(line, err=True))
     except BareEngineError as e:
-        click.echo(f"error: {e}", err=True)
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        click.echo(f"error: {message}", err=True)
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         click.echo("interrupted before generation started", err=True)

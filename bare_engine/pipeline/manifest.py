@@ -68,10 +68,8 @@ def package_versions() -> dict[str, str]:
 
 def build_manifest(cfg: PipelineConfig) -> dict:
     """Everything that identifies the run; `resume` holds what a resumed run must match."""
-    models = {
-        name: {"path": str(Path(cfg.model_path(name)).resolve()), "fingerprint": model_fingerprint(cfg.model_path(name))}
-        for name in cfg.model_names
-    }
+    paths = {name: Path(cfg.model_path(name)) for name in cfg.model_names}
+    models = {name: {"path": str(p.resolve()), "fingerprint": model_fingerprint(p)} for name, p in paths.items()}
     inputs = {"seeds": {"path": str(Path(cfg.seeds).resolve()), "sha256": file_sha256(cfg.seeds)}}
     if cfg.mode == "refine":
         inputs["candidates"] = {"path": str(Path(cfg.candidates).resolve()), "sha256": file_sha256(cfg.candidates)}

@@ -14,7 +14,8 @@ POSTFIX_INTERVAL_S = 0.5
 class Progress:
     def __init__(self, engine, target: int, initial: int, enabled: bool = True):
         self.engine = engine
-        self.bar = tqdm(total=target, initial=initial, unit="rec", desc="records", disable=not enabled, dynamic_ncols=True)
+        self.bar = tqdm(total=target, initial=initial, unit="rec", desc="records", disable=not enabled,
+                        dynamic_ncols=True)
         self.start = self.last_postfix = time.perf_counter()
         self.start_tokens = self._generated()
 

@@ -36,7 +36,7 @@ def check_models(cfg: PipelineConfig) -> None:
     if any(stage in CHAT_STAGES for stage in cfg.stages):
         tok = load_tokenizer(Path(cfg.instruct))
         if not getattr(tok, "chat_template", None):
-            raise ConfigError(f"instruct model {cfg.instruct} has no chat template (tokenizer_config.json chat_template)")
+            raise ConfigError(f"instruct model {cfg.instruct} has no chat template (needed to prompt it)")
 
 
 def prepare_output(cfg: PipelineConfig, manifest: dict) -> ExistingOutput:

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from bare_engine.errors import PromptTooLongError
 from bare_engine.pipeline.config import PipelineConfig
 from bare_engine.pipeline.records import ExistingOutput, RecordWriter
 from bare_engine.pipeline.stages import Candidate, StagePlanner, parse_request_id, request_id
@@ -99,7 +100,14 @@ class PipelineRunner:
 
     def _submit(self, cand: Candidate, stage: str) -> None:
         rid, prompt, params, model = self.planner.request(cand, stage)
-        self.engine.add_request(rid, prompt, params, model=model)
+        try:
+            self.engine.add_request(rid, prompt, params, model=model)
+        except PromptTooLongError:
+            if stage == self.cfg.stages[0] and self.planner.inputs is None:
+                raise  # the few-shot prompt itself is too long: no candidate can work
+            cand.drop_reason, cand.fields = f"{stage}:prompt_too_long", None
+            self._resolve(cand)
+            return
         self.active[cand.index] = (cand, stage)
 
     def _on_output(self, output) -> None:
@@ -110,11 +118,14 @@ class PipelineRunner:
         self.planner.finish(cand, stage, output)
         stages = self.cfg.stages
         later = stages[stages.index(stage) + 1:]
+        del self.active[index]
         if cand.drop_reason is None and later:
             self._submit(cand, later[0])  # straight back to the engine: both models stay busy
-            return
-        del self.active[index]
-        self.done[index] = cand
+        else:
+            self._resolve(cand)
+
+    def _resolve(self, cand: Candidate) -> None:
+        self.done[cand.index] = cand
         self.seen_resolved += 1
         self.seen_valid += cand.valid
         self._abort_beyond_cutoff()
