@@ -141,3 +141,24 @@ def test_detokenizer_holds_back_partial_characters():
     assert "\ufffd" not in detok.text
     assert stops.count("\u2603") == 1
     assert detok.final_text("\u2603", include_stop=False) == "caf\u00e9 "
+
+
+def test_triton_sampler_in_the_engine_equals_torch_sampler(tmp_path):
+    model_dir = make_model_dir(tmp_path / "m", "llama")
+    params = [
+        SamplingParams(temperature=0.8, top_k=30, top_p=0.9, min_p=0.02, repetition_penalty=1.3,
+                       presence_penalty=0.4, frequency_penalty=0.2, max_tokens=5, seed=11, logprobs=3, ignore_eos=True),
+        SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True, logprobs=2),
+        SamplingParams(temperature=1.0, max_tokens=5, seed=12, allowed_token_ids=[40, 41, 42, 43], ignore_eos=True),
+    ]
+    outs = {}
+    for backend in ("torch", "triton"):
+        llm = LLM(model_dir, sampler_backend=backend)
+        assert llm.engine.runners["default"].sampler.use_triton == (backend == "triton")
+        outs[backend] = llm.generate(PROMPTS, params, use_tqdm=False)
+    for a, b in zip(outs["torch"], outs["triton"]):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        for ea, eb in zip(a.outputs[0].logprobs or [], b.outputs[0].logprobs or []):
+            assert ea.keys() == eb.keys()
+            assert all(abs(ea[t] - eb[t]) < 1e-4 for t in ea)
+    assert set(outs["torch"][2].outputs[0].token_ids) <= {40, 41, 42, 43}
