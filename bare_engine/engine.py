@@ -17,6 +17,7 @@ import torch
 
 from bare_engine.attention import select_backend
 from bare_engine.block_manager import BlockManager
+from bare_engine.constraints import TokenTrie
 from bare_engine.config import EngineConfig, ModelConfig, load_model_config
 from bare_engine.errors import ConfigError, InvalidRequestError, KVCacheTooSmallError, PromptTooLongError
 from bare_engine.lora import ModelSource, ModelSpec, resolve_model_source
@@ -191,12 +192,15 @@ class LLMEngine:
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         token_ids = self._tokenize(model, prompt)
+        self._check_params_tokens(model, params)
         base_seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
         arrival = next(self._arrivals)
         seqs = []
         for i in range(params.n):
             seq = Sequence(next(self._seq_ids), request_id, i, model, token_ids, params, _sample_seed(base_seed, i), arrival)
             seq.detok = Detokenizer(self.tokenizers[model], params.stop_strings, params.skip_special_tokens)
+            if params.allowed_token_sequences is not None:
+                seq.trie = TokenTrie(params.allowed_token_sequences, self.eos_ids[model])
             seqs.append(seq)
             self.scheduler.add(seq)
         self.requests[request_id] = _Request(request_id, model, token_ids, seqs)
@@ -208,10 +212,7 @@ class LLMEngine:
             token_ids = list(prompt)
         if not token_ids:
             raise InvalidRequestError("empty prompt")
-        vocab = self.runners[model].config.vocab_size
-        bad = next((t for t in token_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidRequestError(f"prompt token id {bad!r} is outside the vocabulary of {model} (size {vocab})")
+        self._check_token_ids(model, token_ids, "prompt")
         limit = self.max_model_len[model]
         if len(token_ids) >= limit:
             raise PromptTooLongError(
@@ -219,6 +220,18 @@ class LLMEngine:
                 "(at least one token must be generated)"
             )
         return token_ids
+
+    def _check_token_ids(self, model: str, token_ids, what: str) -> None:
+        vocab = self.runners[model].config.vocab_size
+        bad = next((t for t in token_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequestError(f"{what} token id {bad!r} is outside the vocabulary of {model} (size {vocab})")
+
+    def _check_params_tokens(self, model: str, params: SamplingParams) -> None:
+        self._check_token_ids(model, params.allowed_token_ids or [], "allowed_token_ids")
+        self._check_token_ids(model, list(params.logit_bias or {}), "logit_bias")
+        for seq in params.allowed_token_sequences or []:
+            self._check_token_ids(model, seq, "allowed_token_sequences")
 
     def abort_request(self, request_id: str) -> None:
         request = self.requests.pop(request_id, None)
@@ -267,6 +280,9 @@ class LLMEngine:
             seq.cumulative_logprob += sampled.logprobs[token]
         params = seq.params
         if not params.ignore_eos and token in self.eos_ids[seq.model]:
+            seq.finish_reason = "stop"
+        elif seq.trie is not None and seq.trie.is_complete(seq.output_token_ids):
+            seq.detok.add(token)
             seq.finish_reason = "stop"
         elif token in params.stop_token_ids:
             seq.finish_reason, seq.stop_reason = "stop", token

@@ -73,6 +73,7 @@ class Sampler:
             and s.params.logprobs is None
             and s.params.logit_bias is None
             and s.params.allowed_token_ids is None
+            and s.trie is None
             for s in seqs
         )
 
@@ -117,13 +118,18 @@ class Sampler:
         return bias.to(self.device)
 
     def _allowed_mask(self, seqs: list[Sequence]) -> torch.Tensor | None:
-        if all(s.params.allowed_token_ids is None for s in seqs):
+        if all(s.params.allowed_token_ids is None and s.trie is None for s in seqs):
             return None
         mask = torch.ones(len(seqs), self.vocab_size, dtype=torch.bool)
         for row, seq in enumerate(seqs):
             if seq.params.allowed_token_ids is not None:
-                mask[row] = False
-                mask[row, seq.params.allowed_token_ids] = True
+                allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
+                allowed[seq.params.allowed_token_ids] = True
+                mask[row] &= allowed
+            if seq.trie is not None:
+                allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
+                allowed[seq.trie.allowed(seq.output_token_ids)] = True
+                mask[row] &= allowed
         return mask.to(self.device)
 
     @staticmethod

@@ -36,6 +36,8 @@ class SamplingParams:
     logprobs: int | None = None
     logit_bias: dict[int, float] | None = None
     allowed_token_ids: list[int] | None = None
+    # Constrain the output to exactly one of these token sequences (see constraints.py).
+    allowed_token_sequences: list[list[int]] | None = None
     skip_special_tokens: bool = True
     stop_strings: list[str] = field(init=False, repr=False)
 
@@ -89,3 +91,7 @@ class SamplingParams:
             bad("stop strings must be non-empty")
         if self.allowed_token_ids is not None and len(self.allowed_token_ids) == 0:
             bad("allowed_token_ids must not be empty")
+        if self.allowed_token_sequences is not None and (
+            not self.allowed_token_sequences or any(len(s) == 0 for s in self.allowed_token_sequences)
+        ):
+            bad("allowed_token_sequences must be a non-empty list of non-empty token lists")

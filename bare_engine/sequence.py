@@ -43,6 +43,7 @@ class Sequence:
         self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
         self.cumulative_logprob = 0.0
         self.detok = None  # incremental detokenizer state, set by the engine
+        self.trie = None  # TokenTrie when params.allowed_token_sequences is set
 
     def __len__(self) -> int:
         return len(self.token_ids)

@@ -162,3 +162,36 @@ def test_triton_sampler_in_the_engine_equals_torch_sampler(tmp_path):
             assert ea.keys() == eb.keys()
             assert all(abs(ea[t] - eb[t]) < 1e-4 for t in ea)
     assert set(outs["torch"][2].outputs[0].token_ids) <= {40, 41, 42, 43}
+
+
+def test_output_constrained_to_token_sequences(llm):
+    labels = [[40, 41, 42], [40, 43], [50]]
+    params = SamplingParams(temperature=1.0, max_tokens=10, seed=3, allowed_token_sequences=labels, logprobs=0)
+    for out in llm.generate([PROMPTS[0]] * 3, params, use_tqdm=False):
+        completion = out.outputs[0]
+        assert completion.token_ids in labels and completion.finish_reason == "stop"
+    seen = set()
+    for seed in range(12):
+        p = SamplingParams(temperature=1.0, max_tokens=10, seed=seed, allowed_token_sequences=labels, logprobs=0)
+        out = llm.generate([PROMPTS[1]], p, use_tqdm=False)[0].outputs[0]
+        assert out.token_ids in labels
+        seen.add(tuple(out.token_ids))
+        # Logprobs are those of the constrained distribution: a label's probability is their sum.
+        assert out.cumulative_logprob <= 0.0
+    assert len(seen) >= 2
+
+
+def test_label_that_prefixes_another_ends_with_eos(llm):
+    eos = llm.engine.tokenizer().eos_token_id
+    labels = [[40], [40, 41]]
+    for seed in range(6):
+        p = SamplingParams(temperature=1.0, max_tokens=10, seed=seed, allowed_token_sequences=labels)
+        out = llm.generate([PROMPTS[2]], p, use_tqdm=False)[0].outputs[0]
+        assert out.token_ids in ([40, eos], [40, 41])
+
+
+def test_constraint_tokens_outside_vocab_rejected(llm):
+    from bare_engine.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="allowed_token_sequences token id 99999"):
+        llm.generate([PROMPTS[0]], SamplingParams(allowed_token_sequences=[[99999]]), use_tqdm=False)
