@@ -108,20 +108,13 @@ def bench(workload, num_requests, preset, no_baseline, out_dir, **kwargs):
     click.echo(f"wrote {path}")
 
 
-def _register_optional_commands() -> None:
+def _register_feature_commands() -> None:
     """Commands that live beside their feature's code."""
-    from importlib import import_module
+    from bare_engine.eval.cli import eval_command, export_command
+    from bare_engine.pipeline.cli import run_command
 
-    for module, name in (
-        ("bare_engine.pipeline.cli", "run_command"),
-        ("bare_engine.eval.cli", "eval_command"),
-        ("bare_engine.eval.cli", "export_command"),
-    ):
-        try:
-            command = getattr(import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
+    for command in (run_command, eval_command, export_command):
         main.add_command(command)
 
 
-_register_optional_commands()
+_register_feature_commands()
