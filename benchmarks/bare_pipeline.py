@@ -74,7 +74,7 @@ def run_interleaved(engine, planner, cfg, out: Path) -> dict:
             "drops": dict(result.drops)}
 
 
-def run_phased(engine, planner, cfg, num_candidates: int) -> dict:
+def run_phased(engine, planner, cfg, num_candidates: int, out: Path) -> dict:
     before = _generated(engine)
     start, cpu_start = time.perf_counter(), time.process_time()
     cands = [planner.candidate(i) for i in range(num_candidates)]
@@ -87,11 +87,13 @@ def run_phased(engine, planner, cfg, num_candidates: int) -> dict:
         while engine.has_unfinished_requests():
             for output in engine.step():
                 planner.finish(by_id[output.request_id], stage, output)
+    records = [planner.record(c, n) for n, c in enumerate([c for c in cands if c.valid][: cfg.num])]
+    with RecordWriter(out) as writer:  # the same durable writes as the pipeline's
+        for record in records:
+            writer.write(record)
     _sync()
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    valid = [c for c in cands if c.valid][: cfg.num]
-    return {**_rates(engine, before, wall, cpu), "records": [planner.record(c, n) for n, c in enumerate(valid)],
-            "candidates": num_candidates}
+    return {**_rates(engine, before, wall, cpu), "records": records, "candidates": num_candidates}
 
 
 def _planned(overrides: dict, seeds, engine, run_seed: int, num: int):
@@ -148,8 +150,12 @@ def _device_label(engine) -> str:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--repeats", type=int, default=1, show_default=True, help="Runs of each (order alternates); the fastest of each counts.")
+@click.option("--threads", type=int, default=0, show_default=True,
+              help="torch CPU threads (0: torch's default); 1 gives steadier CPU timings on a shared machine.")
 @click.option("--output", type=click.Path(), default=None, help="JSON file (default: benchmarks/results/bare_pipeline_<device>.json).")
-def main(base, instruct, seeds, preset, num, max_tokens, max_num_seqs, device, dtype, repeats, output):
+def main(base, instruct, seeds, preset, num, max_tokens, max_num_seqs, device, dtype, repeats, threads, output):
+    if threads:
+        torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         overrides = {"num": num, "progress": False, "engine.max_num_seqs": max_num_seqs, "engine.device": device,
@@ -180,7 +186,7 @@ def main(base, instruct, seeds, preset, num, max_tokens, max_num_seqs, device, d
                     runs[variant].append(run_interleaved(engine, planner, job, tmp / f"run{r}.jsonl"))
                     num_candidates = runs[variant][-1]["candidates"]
                 else:
-                    runs[variant].append(run_phased(engine, planner, job, num_candidates))
+                    runs[variant].append(run_phased(engine, planner, job, num_candidates, tmp / f"phased{r}.jsonl"))
                 device_label = _device_label(engine)
                 del engine
                 _free_memory()
@@ -195,6 +201,7 @@ def main(base, instruct, seeds, preset, num, max_tokens, max_num_seqs, device, d
             "device": device_label,
             "models": "given" if base else ("demo pair" if preset == "demo" else f"random {preset} pair"),
             "num": num, "max_tokens": max_tokens, "max_num_seqs": max_num_seqs, "repeats": repeats,
+            "torch_threads": torch.get_num_threads(),
             "versions": {"torch": torch.__version__},
             "interleaved": {k: v for k, v in best["interleaved"].items() if k != "records"},
             "phased": {k: v for k, v in best["phased"].items() if k != "records"},

@@ -24,8 +24,8 @@ STRAY_LINES = ["Here are more problems:", "---", "Note: check your work.", "(con
 SEED_WORLD = WorldSlice(max_ops=3)
 
 # Share of base-document examples that carry noise, by kind.
-BASE_NOISE = {"wrong_final": 0.06, "wrong_step": 0.06, "changed_number": 0.04, "typo": 0.06,
-              "wrong_item": 0.02, "off_format": 0.06}
+BASE_NOISE = {"wrong_final": 0.04, "wrong_step": 0.04, "changed_number": 0.03, "typo": 0.03,
+              "wrong_item": 0.01, "off_format": 0.03}
 
 
 def pick_task(rng: random.Random) -> str:
@@ -64,6 +64,29 @@ def base_document(rng: random.Random, n_examples: int) -> str:
             text = TEMPLATES.render_example(record)
         parts.append(text)
     return pick_task(rng) + TEMPLATES.separator + TEMPLATES.separator.join(parts)
+
+
+def arithmetic_line(rng: random.Random) -> str:
+    """One sum in the ranges the world's problems use."""
+    op = rng.choice("+-*/")
+    if op == "+":
+        a, b = rng.randint(0, 200), rng.randint(2, 20)
+    elif op == "-":
+        b = rng.randint(2, 20)
+        a = rng.randint(b, 200)
+    elif op == "*":
+        a, b = (rng.randint(2, 9), rng.randint(2, 12)) if rng.random() < 0.5 else (rng.randint(2, 100), rng.randint(2, 4))
+    else:
+        b = rng.randint(2, 6)
+        a = b * rng.randint(1, 40)
+    value = {"+": a + b, "-": a - b, "*": a * b, "/": a // max(b, 1)}[op]
+    return f"{a} {op} {b} = {value}"
+
+
+def arithmetic_document(rng: random.Random, n_lines: int) -> str:
+    """A page of worked sums (the kind of arithmetic text a pretraining corpus holds)."""
+    title = rng.choice(["Arithmetic practice", "Sums to check", "Math drill", "Practice sheet"])
+    return title + "\n\n" + "\n".join(arithmetic_line(rng) for _ in range(n_lines))
 
 
 def seed_examples(rng: random.Random, n: int = 3) -> list[dict]:

@@ -22,9 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from demo_data import base_document, instruct_pair, refine_pair, seeds  # noqa: E402
+from demo_data import arithmetic_document, base_document, instruct_pair, refine_pair, seeds  # noqa: E402
 from demo_tokenizer import train_tokenizer  # noqa: E402
 
+MAX_POSITIONS = 2048
 DEFAULT_SEEDS_PATH = Path(__file__).resolve().parent.parent / "bare_engine" / "demo" / "data" / "seeds.jsonl"
 
 
@@ -37,13 +38,14 @@ class Settings:
     kv_heads: int = 2
     intermediate: int = 704
     tokenizer_docs: int = 1500
-    base_steps: int = 500
+    base_steps: int = 600
     base_batch: int = 8
-    base_len: int = 640
+    base_arithmetic: int = 2  # rows per base batch that are pages of sums
+    base_len: int = 704
     base_lr: float = 3e-3
     instruct_steps: int = 200
     instruct_batch: int = 8
-    instruct_len: int = 900
+    instruct_len: int = 1024
     instruct_lr: float = 1e-3
     instruct_share: float = 0.35  # share of "write one" tasks (the rest are "improve this")
     warmup: int = 30
@@ -51,7 +53,7 @@ class Settings:
 
 
 QUICK = Settings(vocab_size=400, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128,
-                 tokenizer_docs=40, base_steps=4, base_batch=2, base_len=256, instruct_steps=4,
+                 tokenizer_docs=40, base_steps=4, base_batch=2, base_arithmetic=1, base_len=256, instruct_steps=4,
                  instruct_batch=2, instruct_len=700, warmup=2, log_every=2)
 
 
@@ -63,7 +65,7 @@ def model_config(s: Settings, tok):
         num_hidden_layers=s.layers, num_attention_heads=s.heads, num_key_value_heads=s.kv_heads,
         # RoPE has no learned positions; 2048 lets a prompt plus the pipeline's default
         # max_tokens (1000) fit, though training sequences are shorter.
-        max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+        max_position_embeddings=MAX_POSITIONS, rms_norm_eps=1e-5, rope_theta=10000.0,
         tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
@@ -91,8 +93,9 @@ def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int):
 
 def base_rows(rng: random.Random, tok, s: Settings):
     rows = []
-    for _ in range(s.base_batch):
-        ids = tok(base_document(rng, n_examples=8)).input_ids[: s.base_len]
+    for i in range(s.base_batch):
+        text = arithmetic_document(rng, 80) if i < s.base_arithmetic else base_document(rng, n_examples=8)
+        ids = tok(text).input_ids[: s.base_len]
         rows.append((ids, ids))
     return rows
 
@@ -143,13 +146,19 @@ def save(model, tok, path: Path):
     path.mkdir(parents=True, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(path, safe_serialization=True)
     model.to(torch.float32)
+    save_tokenizer(tok, path)
+    GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(path)
+
+
+def save_tokenizer(tok, path: Path):
     tok.save_pretrained(path)
-    # transformers >= 5 keeps the template in chat_template.jinja; older readers look here.
+    # transformers >= 5 keeps the template in chat_template.jinja and names its own tokenizer
+    # class; older readers look for the template here and know PreTrainedTokenizerFast.
     config_path = path / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["chat_template"] = tok.chat_template
+    config.update(chat_template=tok.chat_template, tokenizer_class="PreTrainedTokenizerFast",
+                  model_max_length=MAX_POSITIONS)
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).save_pretrained(path)
 
 
 def write_seeds(path: Path):
@@ -174,6 +183,7 @@ def main(argv=None):
     t0 = time.time()
 
     texts = [base_document(rng, n_examples=6) for _ in range(s.tokenizer_docs)]
+    texts += [arithmetic_document(rng, 20) for _ in range(s.tokenizer_docs // 10)]
     texts += [u + r for u, r in (instruct_pair(rng) for _ in range(s.tokenizer_docs // 10))]
     texts += [u + r for u, r in (refine_pair(rng) for _ in range(s.tokenizer_docs // 10))]
     tok = train_tokenizer(texts, s.vocab_size)

@@ -168,4 +168,5 @@ QUESTIONS = [
 ]
 
 ANSWER_START = {"k": "{N} starts with {k} {items}.", "k*k2": "{N} has {k} * {k2} = {v} {items}."}
-ANSWER_STEP = "Then {p} has {a} {op} {b} = {v} {items}."
+# Each step restates its sentence from the question ({step}), then does the arithmetic.
+ANSWER_STEP = "{step}, so {p} has {a} {op} {b} = {v}."

@@ -28,8 +28,8 @@ class WorldSlice:
     starts: tuple[int, ...] = tuple(range(len(lx.START)))
     min_ops: int = 1
     max_ops: int = 4
-    max_start: int = 60
-    max_amount: int = 30
+    max_start: int = 40
+    max_amount: int = 20
     allow_mul_div: bool = True
     decorate: bool = True  # settings, connectives, neutral sentences, varied questions
 
@@ -70,7 +70,7 @@ def _pick_step(rng: random.Random, category: str, value: int, world: WorldSlice)
             if not divisors:
                 continue
             k = rng.choice(divisors)
-        if op == "*" and value * k > 300 or op == "/" and value % k:
+        if op == "*" and value * k > 200 or op == "/" and value % k:
             continue
         return template, op, k
     raise RuntimeError("no applicable step")  # unreachable: '+' always applies
@@ -117,7 +117,6 @@ def generate_problem(rng: random.Random, world: WorldSlice = FULL) -> dict:
     if world.decorate and rng.random() < 0.4:
         sentence = _with_prefix(rng.choice(lx.SETTINGS) + ",", sentence)
     question = [sentence]
-    answer = [_fill(lx.ANSWER_START[kind], dict(slots, v=value))]
 
     for i in range(max(n_ops, 1)):
         if world.decorate and rng.random() < 0.15:
@@ -127,14 +126,13 @@ def generate_problem(rng: random.Random, world: WorldSlice = FULL) -> dict:
         if world.decorate and i > 0 and rng.random() < 0.35:
             sentence = _with_prefix(rng.choice(lx.CONNECTIVES), sentence)
         question.append(sentence)
-        new = _apply(op, value, k)
-        answer.append(_fill(lx.ANSWER_STEP, dict(slots, a=value, op=op, b=k, v=new)))
-        value = new
+        value = _apply(op, value, k)
 
     asks = lx.QUESTIONS if world.decorate else lx.QUESTIONS[:1]
     question.append(_fill(rng.choice(asks), slots))
-    answer.append(f"#### {value}")
-    return {"question": " ".join(question), "answer": "\n".join(answer), "final": value}
+    text = " ".join(question)
+    # The worked answer is read back from the text; `final` is the generator's own arithmetic.
+    return {"question": text, "answer": worked_answer(text), "final": value}
 
 
 # ---------------------------------------------------------------- checker
@@ -198,7 +196,8 @@ class Reading:
     items: str
     gender: str
     start: tuple[int, ...]  # (k,) or (k, k2) for a product start
-    steps: list[tuple[str, int]]
+    steps: list[tuple[str, int]]  # (operator, amount)
+    step_sentences: list[str]  # each step's sentence, without its connective
     value: int
 
 
@@ -218,7 +217,7 @@ class _Reader:
         return len(self.genders) <= 1
 
 
-def _read_steps(sentences: list[str], reader: _Reader, value: int) -> list[tuple[str, int]] | None:
+def _read_steps(sentences: list[str], reader: _Reader, value: int) -> list[tuple[str, int, str]] | None:
     steps = []
     for sentence in sentences:
         sentence = _strip_prefix(sentence)
@@ -235,7 +234,7 @@ def _read_steps(sentences: list[str], reader: _Reader, value: int) -> list[tuple
         if k <= 0 or op == "/" and value % k or op == "-" and k > value:
             return None
         value = _apply(op, value, k)
-        steps.append((op, k))
+        steps.append((op, k, sentence))
     return steps
 
 
@@ -256,13 +255,13 @@ def read_problem(question: str) -> Reading | None:
     fields, _ = _match(sentences[-1], lx.QUESTIONS)
     if fields is None or not reader.consistent(fields):
         return None
-    for op, k in steps:
+    for op, k, _ in steps:
         value = _apply(op, value, k)
     name = reader.fields["N"]
     gender = next(iter(reader.genders)) if reader.genders else _gender(name)
     if name in lx.NAMES and gender != _gender(name):
         return None
-    return Reading(name, reader.fields["items"], gender, start, steps, value)
+    return Reading(name, reader.fields["items"], gender, start, [s[:2] for s in steps], [s[2] for s in steps], value)
 
 
 def solve(question: str) -> int | None:
@@ -282,9 +281,9 @@ def worked_answer(question: str) -> str | None:
         lines = [_fill(lx.ANSWER_START["k*k2"], dict(slots, k=r.start[0], k2=r.start[1], v=value))]
     else:
         lines = [_fill(lx.ANSWER_START["k"], dict(slots, k=value))]
-    for op, k in r.steps:
+    for (op, k), sentence in zip(r.steps, r.step_sentences):
         new = _apply(op, value, k)
-        lines.append(_fill(lx.ANSWER_STEP, dict(slots, a=value, op=op, b=k, v=new)))
+        lines.append(_fill(lx.ANSWER_STEP, dict(slots, step=sentence[:-1], a=value, op=op, b=k, v=new)))
         value = new
     return "\n".join(lines + [f"#### {value}"])
 

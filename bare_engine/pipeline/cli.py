@@ -105,7 +105,7 @@ def _run(config_path: str | None, print_config: bool, **params) -> None:
         click.echo(line, err=True)
     if result.interrupted:
         sys.exit(EXIT_INTERRUPTED)
-    if not result.complete and cfg.mode != "refine":
+    if not result.complete and cfg.mode not in ("refine", "annotate"):  # input files bound these modes
         sys.exit(EXIT_INCOMPLETE)
 
 

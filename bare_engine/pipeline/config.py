@@ -21,18 +21,22 @@ from pathlib import Path
 import yaml
 
 from bare_engine.errors import ConfigError, InvalidSamplingParamsError
+from bare_engine.pipeline.annotate_prompt import DEFAULT_ANNOTATE_TEMPLATE, DEFAULT_STOP, validate_annotate
 from bare_engine.pipeline.templates import DEFAULT_TASK, Templates
 from bare_engine.sampling_params import SamplingParams
 
-MODES = ("bare", "base", "instruct", "refine")
+MODES = ("bare", "base", "instruct", "refine", "annotate")
 SEED_ORDERS = ("fixed", "shuffle")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-INPUT_PATH_KEYS = ("base", "instruct", "seeds", "candidates")
+INPUT_PATH_KEYS = ("base", "instruct", "seeds", "candidates", "teacher", "teacher_base", "input")
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 
 # Which stages each mode runs, in order, and which model each stage uses.
-MODE_STAGES = {"bare": ("base", "refine"), "base": ("base",), "instruct": ("instruct",), "refine": ("refine",)}
-STAGE_MODEL = {"base": "base", "refine": "instruct", "instruct": "instruct"}
+MODE_STAGES = {
+    "bare": ("base", "refine"), "base": ("base",), "instruct": ("instruct",), "refine": ("refine",),
+    "annotate": ("annotate",),
+}
+STAGE_MODEL = {"base": "base", "refine": "instruct", "instruct": "instruct", "annotate": "teacher"}
 
 
 @dataclass
@@ -55,6 +59,7 @@ class SamplingSection:
     base: StageSampling = field(default_factory=lambda: StageSampling(temperature=0.7))
     refine: StageSampling = field(default_factory=lambda: StageSampling(temperature=0.7))
     instruct: StageSampling = field(default_factory=lambda: StageSampling(temperature=1.0))
+    annotate: StageSampling = field(default_factory=lambda: StageSampling(temperature=0.0, max_tokens=256))
 
 
 @dataclass
@@ -95,6 +100,16 @@ class PipelineConfig:
     max_in_flight: int = 0  # candidates in flight at once; 0: 2 * max_num_seqs
     max_candidates: int = 0  # give up after this candidate index; 0: max(100, 20 * num)
     progress: bool = True
+    # annotate mode (see pipeline/annotate.py and annotate_prompt.py)
+    teacher: str | None = None  # teacher model directory, or a LoRA adapter directory
+    teacher_base: str | None = None  # base model of a LoRA adapter teacher (default: its adapter_config)
+    input: str | None = None  # unlabeled examples (JSONL)
+    input_fields: list[str] = field(default_factory=lambda: ["text"])
+    label_field: str = "label"
+    labels: list[str] | None = None  # the label set; leave out for a generation task
+    annotate_template: str = DEFAULT_ANNOTATE_TEMPLATE  # {task} {labels} {examples} {input}
+    annotate_example: str = ""  # one example, ending with {<label_field>}; "": "Name: {field}" lines
+    stop: list[str] = field(default_factory=lambda: list(DEFAULT_STOP))  # generation tasks' stop strings
     sampling: SamplingSection = field(default_factory=SamplingSection)
     templates: Templates = field(default_factory=Templates)
     engine: EngineSection = field(default_factory=EngineSection)
@@ -277,6 +292,8 @@ def validate(cfg: PipelineConfig) -> None:
             raise ConfigError(f"mode {cfg.mode} needs a {name} model (set '{name}' or --{name})")
     if not cfg.seeds:
         raise ConfigError("no seeds file given (set 'seeds' or --seeds)")
+    if cfg.mode == "annotate":
+        validate_annotate(cfg)
     if cfg.mode == "refine" and not cfg.candidates:
         raise ConfigError("mode refine needs a candidates file (set 'candidates' or --candidates)")
     if not cfg.out:
@@ -286,7 +303,7 @@ def validate(cfg: PipelineConfig) -> None:
     if cfg.engine.max_num_seqs < 1:
         raise ConfigError(f"engine.max_num_seqs must be >= 1, got {cfg.engine.max_num_seqs}")
     cfg.templates.validate(cfg.fields)
-    for stage in ("base", "refine", "instruct"):
+    for stage in ("base", "refine", "instruct", "annotate"):
         try:
             getattr(cfg.sampling, stage).params(seed=0)
         except InvalidSamplingParamsError as e:
@@ -298,11 +315,13 @@ def validate(cfg: PipelineConfig) -> None:
 # through their content fingerprints (see manifest.py), not their paths.
 RESUME_FREE_KEYS = {
     "num", "out", "progress", "max_in_flight", "max_candidates",
-    "base", "instruct", "seeds", "candidates",
+    "base", "instruct", "seeds", "candidates", "teacher", "teacher_base", "input",
     "engine.num_kv_blocks", "engine.gpu_memory_utilization", "engine.max_num_seqs",
     "engine.max_num_batched_tokens", "engine.enable_prefix_caching", "engine.kv_split_ratio",
     "engine.enforce_eager",
 }
+# Keys only annotate mode reads: part of its resume key only (older manifests lack them).
+ANNOTATE_KEYS = {"input_fields", "label_field", "labels", "annotate_template", "annotate_example", "stop"}
 
 
 def resume_key(cfg: PipelineConfig) -> dict[str, object]:
@@ -310,7 +329,7 @@ def resume_key(cfg: PipelineConfig) -> dict[str, object]:
     data = cfg.to_dict()
     flat = {}
     for key in config_keys():
-        if key.dotted in RESUME_FREE_KEYS:
+        if key.dotted in RESUME_FREE_KEYS or (key.dotted in ANNOTATE_KEYS and cfg.mode != "annotate"):
             continue
         if key.path[0] == "sampling" and key.path[1] not in cfg.stages:
             continue

@@ -66,13 +66,17 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def build_manifest(cfg: PipelineConfig) -> dict:
-    """Everything that identifies the run; `resume` holds what a resumed run must match."""
+def build_manifest(cfg: PipelineConfig, extra_models: dict[str, Path] | None = None) -> dict:
+    """Everything that identifies the run; `resume` holds what a resumed run must match.
+    `extra_models`: more model folders the run depends on (a LoRA teacher's base)."""
     paths = {name: Path(cfg.model_path(name)) for name in cfg.model_names}
+    paths.update(extra_models or {})
     models = {name: {"path": str(p.resolve()), "fingerprint": model_fingerprint(p)} for name, p in paths.items()}
     inputs = {"seeds": {"path": str(Path(cfg.seeds).resolve()), "sha256": file_sha256(cfg.seeds)}}
     if cfg.mode == "refine":
         inputs["candidates"] = {"path": str(Path(cfg.candidates).resolve()), "sha256": file_sha256(cfg.candidates)}
+    if cfg.mode == "annotate":
+        inputs["input"] = {"path": str(Path(cfg.input).resolve()), "sha256": file_sha256(cfg.input)}
     resume = {
         "config": resume_key(cfg),
         "models": {name: m["fingerprint"]["sha256"] for name, m in models.items()},

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from bare_engine.errors import ConfigError
+from bare_engine.pipeline.annotate import prepare_annotate, teacher_spec
 from bare_engine.pipeline.config import PipelineConfig
 from bare_engine.pipeline.manifest import build_manifest, check_resume, read_manifest, write_manifest
 from bare_engine.pipeline.progress import Progress
@@ -24,7 +25,10 @@ def build_engine(cfg: PipelineConfig):
     from bare_engine import EngineConfig, LLMEngine
 
     engine_cfg = EngineConfig(**dataclasses.asdict(cfg.engine), seed=cfg.seed)
-    return LLMEngine({name: cfg.model_path(name) for name in cfg.model_names}, engine_cfg)
+    models = {name: cfg.model_path(name) for name in cfg.model_names}
+    if cfg.mode == "annotate":
+        models["teacher"] = teacher_spec(cfg)  # a LoRA adapter teacher is merged into its base
+    return LLMEngine(models, engine_cfg)
 
 
 def check_models(cfg: PipelineConfig) -> None:
@@ -59,11 +63,17 @@ def run_pipeline(
     log: Callable[[str], None] = print,
 ) -> RunResult:
     """Run (or resume) the configured job until `cfg.num` records exist; returns the summary."""
-    seeds = load_seeds(cfg.seeds, cfg.fields, cfg.id_field, cfg.k)
-    inputs = load_candidates(cfg.candidates, cfg.fields) if cfg.mode == "refine" else None
-    check_models(cfg)
+    if cfg.mode == "annotate":
+        job = prepare_annotate(cfg, log)
+        cfg, extra_models, make_planner = job.cfg, job.extra_models, job.planner
+    else:
+        seeds = load_seeds(cfg.seeds, cfg.fields, cfg.id_field, cfg.k)
+        inputs = load_candidates(cfg.candidates, cfg.fields) if cfg.mode == "refine" else None
+        check_models(cfg)
+        extra_models = {}
+        make_planner = lambda engine: StagePlanner(cfg, seeds, engine.tokenizer, inputs)  # noqa: E731
     check_writable(cfg.out)
-    manifest = build_manifest(cfg)
+    manifest = build_manifest(cfg, extra_models)
     with RecordWriter(cfg.out) as writer:  # locks the output before reading or cutting it
         existing = prepare_output(cfg, manifest)
         if existing.torn_bytes:
@@ -75,7 +85,7 @@ def run_pipeline(
             log(f"resuming {cfg.out}: {existing.count}/{cfg.num} records present")
         started = _now()
         engine = engine_factory(cfg)
-        planner = StagePlanner(cfg, seeds, engine.tokenizer, inputs)
+        planner = make_planner(engine)
         progress = Progress(engine, cfg.num, existing.count, enabled=cfg.progress)
         try:
             result = PipelineRunner(engine, planner, cfg, writer, existing, progress).run()
