@@ -172,11 +172,14 @@ def main(argv=None):
     parser.add_argument("--seeds", type=Path, default=DEFAULT_SEEDS_PATH, help="where to write seeds.jsonl")
     parser.add_argument("--quick", action="store_true", help="tiny smoke version (seconds)")
     parser.add_argument("--seed", type=int, default=0)
+    # On a machine shared with other jobs, 1 thread can be faster than 2 (no waiting on a
+    # descheduled thread); results then differ from a 2-thread run only by float rounding.
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the smoke version uses 1)")
     args = parser.parse_args(argv)
 
     from transformers import LlamaForCausalLM
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1 if args.quick else args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     s = QUICK if args.quick else Settings()

@@ -166,7 +166,6 @@ def test_shipped_models_exist_and_are_small():
 def shipped():
     from bare_engine.demo.evaluate import load
 
-    torch.set_num_threads(2)
     return {"base": load(BASE_MODEL_DIR), "instruct": load(INSTRUCT_MODEL_DIR)}
 
 
@@ -182,8 +181,7 @@ def test_shipped_models_write_problems(shipped):
     from bare_engine.demo.evaluate import sample_base, sample_instruct, score
 
     seeds = [{"question": s["question"], "answer": s["answer"]} for s in load_seeds()[:3]]
-    base, base_scores = shipped["base"], None
-    base_scores, _ = score(sample_base(*base, seeds, n=50))
+    base_scores, _ = score(sample_base(*shipped["base"], seeds, n=50))
     inst_scores, _ = score(sample_instruct(*shipped["instruct"], seeds, n=50))
     print(f"\nbase {base_scores}\ninstruct {inst_scores}")
     assert base_scores.parse_rate >= 0.5 and base_scores.pass_rate > 0

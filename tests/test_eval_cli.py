@@ -103,7 +103,7 @@ def test_eval_bad_options_one_line(files, extra, message):
 def test_eval_bad_files_one_line(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     assert "no records" in _error_line(_run([tmp_path / "empty.jsonl", "--embedder", "hash"]))
-    assert "no such file" in _error_line(_run([tmp_path / "missing.jsonl", "--embedder", "hash"]))
+    assert "not found" in _error_line(_run([tmp_path / "missing.jsonl", "--embedder", "hash"]))
 
 
 @dataclass

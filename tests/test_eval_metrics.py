@@ -101,11 +101,11 @@ def test_read_jsonl_errors(tmp_path):
     empty.write_text("\n")
     with pytest.raises(ConfigError, match="no records"):
         read_jsonl(empty)
-    with pytest.raises(ConfigError, match="no such file"):
+    with pytest.raises(ConfigError, match="not found"):
         read_jsonl(tmp_path / "missing.jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"a": 1}\n{oops\n')
-    with pytest.raises(ConfigError, match="bad.jsonl:2: invalid JSON"):
+    with pytest.raises(ConfigError, match="line 2: invalid JSON"):
         read_jsonl(bad)
 
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from bare_engine.errors import ConfigError
+from bare_engine.jsonl import read_jsonl_rows
 
 STAGES = ("refine", "instruct", "base")  # fallbacks when a record has no final `fields`
 FIELD_ALIASES = {"refined": "refine"}
@@ -21,24 +22,7 @@ _FLAT_SKIP = {"id"}
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """All records of a JSONL file; ConfigError on a missing or empty file or a bad line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    records = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise ConfigError(f"{path}:{lineno}: a record must be a JSON object")
-            records.append(record)
-    if not records:
-        raise ConfigError(f"{path}: file has no records")
-    return records
+    return [row for _, row in read_jsonl_rows(path, "records")]
 
 
 def record_fields(record: dict, field: str | None = None) -> dict[str, str] | None:

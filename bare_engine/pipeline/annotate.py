@@ -25,7 +25,8 @@ from bare_engine.errors import ConfigError
 from bare_engine.lora import ModelSpec, is_lora_adapter, resolve_model_source
 from bare_engine.pipeline.annotate_prompt import AnnotatePrompt, label_token_ids, match_label
 from bare_engine.pipeline.config import STAGE_MODEL, PipelineConfig
-from bare_engine.pipeline.seeds import Example, _fields, _read_jsonl, load_seeds
+from bare_engine.jsonl import read_jsonl_rows
+from bare_engine.pipeline.seeds import Example, _fields, load_seeds
 from bare_engine.pipeline.stages import Candidate, StagePlanner, derive_seed, request_id
 from bare_engine.sampling_params import SamplingParams
 from bare_engine.tokenizer import load_tokenizer
@@ -35,7 +36,7 @@ STAGE = "annotate"
 
 def load_inputs(path: str | Path, fields: list[str], id_field: str) -> list[Example]:
     """The unlabeled examples; an example's id is its `id_field` value, else its position."""
-    rows = _read_jsonl(path, "input")
+    rows = read_jsonl_rows(path, "input")
     inputs = []
     for n, (line_no, row) in enumerate(rows):
         example_id = row.get(id_field, n)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from bare_engine.errors import ConfigError
+from bare_engine.jsonl import read_jsonl_rows
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class Example:
 
 def load_seeds(path: str | Path, fields: list[str], id_field: str, k: int) -> list[Example]:
     """The seed examples; the seed's id is its `id_field` value, else its position."""
-    rows = _read_jsonl(path, "seeds")
+    rows = read_jsonl_rows(path, "seeds")
     seeds = []
     for n, (line_no, row) in enumerate(rows):
         seed_id = row.get(id_field, n)
@@ -32,36 +32,12 @@ def load_seeds(path: str | Path, fields: list[str], id_field: str, k: int) -> li
 def load_candidates(path: str | Path, fields: list[str]) -> list[Example]:
     """Candidates to refine: plain records with the fields, or output records of an earlier run
     (their final `fields` are used). The id is the candidate's position in the file."""
-    rows = _read_jsonl(path, "candidates")
+    rows = read_jsonl_rows(path, "candidates")
     out = []
     for n, (line_no, row) in enumerate(rows):
         source = row["fields"] if isinstance(row.get("fields"), dict) else row
         out.append(Example(n, _fields(source, fields, path, line_no, "candidates")))
     return out
-
-
-def _read_jsonl(path: str | Path, what: str) -> list[tuple[int, dict]]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} file not found: {path}")
-    rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read {what} file {path}: {e}") from None
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{what} file {path} line {line_no}: invalid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ConfigError(f"{what} file {path} line {line_no}: expected a JSON object")
-        rows.append((line_no, row))
-    if not rows:
-        raise ConfigError(f"{what} file {path} is empty")
-    return rows
 
 
 def _fields(row: dict, fields: list[str], path, line_no: int, what: str) -> dict[str, str]:
