@@ -66,20 +66,23 @@ def base_document(rng: random.Random, n_examples: int) -> str:
     return pick_task(rng) + TEMPLATES.separator + TEMPLATES.separator.join(parts)
 
 
-def arithmetic_line(rng: random.Random) -> str:
+def arithmetic_line(rng: random.Random, world: WorldSlice = FULL) -> str:
     """One sum in the ranges the world's problems use."""
     op = rng.choice("+-*/")
     if op == "+":
-        a, b = rng.randint(0, 200), rng.randint(2, 20)
+        a, b = rng.randint(0, world.max_value), rng.randint(2, world.max_amount)
     elif op == "-":
-        b = rng.randint(2, 20)
-        a = rng.randint(b, 200)
+        b = rng.randint(2, world.max_amount)
+        a = rng.randint(b, world.max_value)
+    elif op == "*" and rng.random() < 0.5:  # the times table of the "k groups of k2" starts
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
     elif op == "*":
-        a, b = (rng.randint(2, 9), rng.randint(2, 12)) if rng.random() < 0.5 else (rng.randint(2, 100), rng.randint(2, 4))
+        b = rng.randint(2, world.max_factor)
+        a = rng.randint(2, world.max_value // b)
     else:
-        b = rng.randint(2, 6)
-        a = b * rng.randint(1, 40)
-    value = {"+": a + b, "-": a - b, "*": a * b, "/": a // max(b, 1)}[op]
+        b = rng.randint(2, world.max_divisor)
+        a = b * rng.randint(1, world.max_value // b)
+    value = {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
     return f"{a} {op} {b} = {value}"
 
 

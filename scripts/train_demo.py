@@ -38,7 +38,7 @@ class Settings:
     kv_heads: int = 2
     intermediate: int = 704
     tokenizer_docs: int = 1500
-    base_steps: int = 600
+    base_steps: int = 700
     base_batch: int = 8
     base_arithmetic: int = 2  # rows per base batch that are pages of sums
     base_len: int = 704
@@ -121,7 +121,7 @@ def instruct_rows(rng: random.Random, tok, s: Settings):
 def train(model, make_rows, steps: int, lr: float, s: Settings, pad_id: int, name: str):
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     model.train()
-    start, running = time.time(), 0.0
+    start, cpu_start, running = time.time(), time.process_time(), 0.0
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, s.warmup)
@@ -134,7 +134,8 @@ def train(model, make_rows, steps: int, lr: float, s: Settings, pad_id: int, nam
         running += loss.item()
         if (step + 1) % s.log_every == 0 or step + 1 == steps:
             n = (step % s.log_every) + 1
-            print(f"[{name}] step {step + 1}/{steps} loss {running / n:.3f} {time.time() - start:.0f}s", flush=True)
+            print(f"[{name}] step {step + 1}/{steps} loss {running / n:.3f} {time.time() - start:.0f}s "
+                  f"(cpu {time.process_time() - cpu_start:.0f}s)", flush=True)
             running = 0.0
     model.eval()
     return model
@@ -183,7 +184,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     s = QUICK if args.quick else Settings()
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
 
     texts = [base_document(rng, n_examples=6) for _ in range(s.tokenizer_docs)]
     texts += [arithmetic_document(rng, 20) for _ in range(s.tokenizer_docs // 10)]
@@ -198,7 +199,7 @@ def main(argv=None):
     train(model, lambda: instruct_rows(rng, tok, s), s.instruct_steps, s.instruct_lr, s, tok.pad_token_id, "instruct")
     save(model, tok, args.out / "instruct")
     write_seeds(args.seeds)
-    print(f"done in {time.time() - t0:.0f}s", flush=True)
+    print(f"done in {time.time() - t0:.0f}s (cpu {time.process_time() - cpu0:.0f}s)", flush=True)
 
 
 if __name__ == "__main__":

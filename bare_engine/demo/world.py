@@ -28,8 +28,12 @@ class WorldSlice:
     starts: tuple[int, ...] = tuple(range(len(lx.START)))
     min_ops: int = 1
     max_ops: int = 4
-    max_start: int = 40
-    max_amount: int = 20
+    # Small second operands keep the arithmetic learnable for a tiny model.
+    max_start: int = 30
+    max_amount: int = 9  # added or taken away
+    max_factor: int = 3  # "k times as many"
+    max_divisor: int = 5
+    max_value: int = 100  # no multiplication beyond this
     allow_mul_div: bool = True
     decorate: bool = True  # settings, connectives, neutral sentences, varied questions
 
@@ -39,7 +43,7 @@ FULL = WorldSlice()
 # (instruct-tuned models collapse toward a few modes).
 NARROW = WorldSlice(
     names=("Mia", "Tom", "Sara"), categories=("fruit", "things"), items=("apples", "marbles"),
-    starts=(0,), min_ops=1, max_ops=2, max_start=20, max_amount=10, allow_mul_div=False,
+    starts=(0,), min_ops=1, max_ops=2, max_start=20, allow_mul_div=False,
     decorate=False,
 )
 
@@ -64,13 +68,13 @@ def _pick_step(rng: random.Random, category: str, value: int, world: WorldSlice)
                 continue
             k = rng.randint(2, min(world.max_amount, value - 1))
         elif op == "*":
-            k = rng.randint(2, 4)
+            k = rng.randint(2, world.max_factor)
         else:
-            divisors = [d for d in range(2, 7) if value % d == 0]
+            divisors = [d for d in range(2, world.max_divisor + 1) if value % d == 0]
             if not divisors:
                 continue
             k = rng.choice(divisors)
-        if op == "*" and value * k > 200 or op == "/" and value % k:
+        if op == "*" and value * k > world.max_value or op == "/" and value % k:
             continue
         return template, op, k
     raise RuntimeError("no applicable step")  # unreachable: '+' always applies
@@ -107,7 +111,7 @@ def generate_problem(rng: random.Random, world: WorldSlice = FULL) -> dict:
     starts = [i for i in world.starts if not (category in lx.MASS and "{groups} of" in lx.START[i][0])]
     start, kind = lx.START[rng.choice(starts)]
     if kind == "k*k2":
-        slots.update(k=rng.randint(2, 9), k2=rng.randint(2, 12))
+        slots.update(k=rng.randint(2, 9), k2=rng.randint(2, 9))
         value = slots["k"] * slots["k2"]
         n_ops -= 1
     else:
