@@ -58,11 +58,30 @@ def paged_attention_ref(
     which are the *last* ``q_len`` tokens of its context of ``context_lens[b]`` tokens.
     Their K/V must already be in the cache. Returns ``[N, Hq, D]`` in q's dtype.
     """
+    cu = cu_seqlens_q.long()
+    single = (cu[1:] - cu[:-1]) == 1
+    if bool(single.all()) or not bool(single.any()):
+        return _padded_attention(q, k_cache, v_cache, block_tables, cu, context_lens, scale)
+    # A mixed batch: padding every decode row to the longest prompt chunk would multiply its
+    # work, so decodes and chunks are attended separately.
+    out = torch.empty_like(q)
+    seq_of_token = torch.searchsorted(cu[1:], torch.arange(q.shape[0], device=q.device), right=True)
+    for group in (single, ~single):
+        seqs = group.nonzero().flatten()
+        tokens = group[seq_of_token].nonzero().flatten()
+        lens = cu[seqs + 1] - cu[seqs]
+        sub_cu = torch.cat([lens.new_zeros(1), lens.cumsum(0)])
+        out[tokens] = _padded_attention(
+            q[tokens], k_cache, v_cache, block_tables[seqs], sub_cu, context_lens[seqs], scale
+        )
+    return out
+
+
+def _padded_attention(q, k_cache, v_cache, block_tables, cu, context_lens, scale) -> torch.Tensor:
     device = q.device
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     batch = context_lens.shape[0]
-    cu = cu_seqlens_q.long()
     q_lens = cu[1:] - cu[:-1]
     ctx = context_lens.long()
     max_q = int(q_lens.max())
