@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,16 +32,22 @@ def load_check(spec: str) -> Check:
 
 
 def _import(module_name: str):
-    local = Path(module_name.replace(".", "/") + ".py")  # a module in the working directory
-    if module_name.endswith(".py") or local.is_file():
-        path = Path(module_name) if module_name.endswith(".py") else local
-        if not path.is_file():
-            raise ConfigError(f"--check: no such file {path}")
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    return importlib.import_module(module_name)
+    """An importable module by name, else a .py file (a path, or a dotted name in the working directory)."""
+    if not module_name.endswith(".py"):
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            pass
+    path = Path(module_name) if module_name.endswith(".py") else Path(module_name.replace(".", "/") + ".py")
+    if not path.is_file():
+        if not module_name.endswith(".py"):
+            return importlib.import_module(module_name)  # re-raise the import error
+        raise ConfigError(f"--check: no such file {path}")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
 @dataclass
