@@ -91,7 +91,8 @@ def generate(model, prompts, as_json, **kwargs):
 
 
 @main.command()
-@click.option("--workload", type=click.Choice(["fixed", "variable", "both"]), default="both", show_default=True)
+@click.option("--workload", type=click.Choice(["fixed", "variable", "both", "nanovllm"]), default="both",
+              show_default=True, help="nanovllm: 256 requests, prompt and output lengths uniform in 100-1024.")
 @click.option("--num-requests", type=int, default=64, show_default=True)
 @click.option("--preset", type=click.Choice(["cpu-50m", "tiny", "qwen3-0.6b"]), default="cpu-50m", show_default=True,
               help="Random-weight model shape to benchmark.")
