@@ -51,7 +51,38 @@ def make_requests(workload: str, num_requests: int, vocab_size: int, seed: int =
     return requests
 
 
+# Peak memory bandwidth (bytes/s) by device-name substring, most specific first.
+PEAK_BANDWIDTH = [
+    ("GH200", 4.0e12),
+    ("H200", 4.8e12),
+    ("H100 NVL", 3.9e12),
+    ("H100 PCIe", 2.0e12),
+    ("H100", 3.35e12),
+    ("H800", 3.35e12),
+    ("H20", 4.0e12),
+    ("B200", 8.0e12),
+    ("A100-SXM4-80GB", 2.039e12),
+    ("A100 80GB PCIe", 1.935e12),
+    ("A100", 1.555e12),
+    ("A800", 2.039e12),
+    ("L40S", 0.864e12),
+    ("L40", 0.864e12),
+    ("L4", 0.3e12),
+    ("A10G", 0.6e12),
+    ("A10", 0.6e12),
+    ("RTX 4090", 1.008e12),
+    ("RTX 3090", 0.936e12),
+    ("V100", 0.9e12),
+    ("T4", 0.32e12),
+]
+
+
+def peak_bandwidth(name: str) -> float | None:
+    return next((peak for key, peak in PEAK_BANDWIDTH if key in name), None)
+
+
 def device_name(device: torch.device) -> str:
+    """What benchmark JSON files are named after: the GPU's name, or the CPU thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device).replace(" ", "-")
     return f"cpu-{torch.get_num_threads()}threads"

@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import re
 import time
 from pathlib import Path
@@ -29,33 +28,11 @@ if not torch.cuda.is_available():
 import triton  # noqa: E402
 
 from bare_engine.kernels.attention import decode_attention, default_num_splits, prefill_attention  # noqa: E402
+from bare_engine.bench import device_name, peak_bandwidth  # noqa: E402
 from bare_engine.kernels.attention_ref import gather_kv  # noqa: E402
 
 # (substring of torch.cuda.get_device_name(), peak bytes/s); the first match wins, so more
 # specific names come first ("NVIDIA H100 80GB HBM3" is the SXM part).
-PEAK_BANDWIDTH = [
-    ("GH200", 4.0e12),
-    ("H200", 4.8e12),
-    ("H100 NVL", 3.9e12),
-    ("H100 PCIe", 2.0e12),
-    ("H100", 3.35e12),
-    ("H800", 3.35e12),
-    ("H20", 4.0e12),
-    ("B200", 8.0e12),
-    ("A100-SXM4-80GB", 2.039e12),
-    ("A100 80GB PCIe", 1.935e12),
-    ("A100", 1.555e12),
-    ("A800", 2.039e12),
-    ("L40S", 0.864e12),
-    ("L40", 0.864e12),
-    ("L4", 0.3e12),
-    ("A10G", 0.6e12),
-    ("A10", 0.6e12),
-    ("RTX 4090", 1.008e12),
-    ("RTX 3090", 0.936e12),
-    ("V100", 0.9e12),
-    ("T4", 0.32e12),
-]
 
 FULL = {
     "decode": {"batch": [1, 16, 64, 256], "context": [128, 1024, 4096, 8192]},
@@ -65,16 +42,6 @@ QUICK = {
     "decode": {"batch": [1, 4], "context": [128, 256]},
     "prefill": {"batch": [1, 2], "context": [40, 96], "max_tokens": 256},
 }
-
-
-def peak_bandwidth(device_name: str) -> float | None:
-    return next((peak for key, peak in PEAK_BANDWIDTH if key in device_name), None)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu-{platform.machine()}"
 
 
 def time_ms(fn, device: torch.device) -> float:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gc
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import click
 import torch
 
+from bare_engine.bench import device_name
 from bare_engine.pipeline.config import load_config
 from bare_engine.pipeline.records import ExistingOutput, RecordWriter
 from bare_engine.pipeline.run import build_engine
@@ -132,12 +132,6 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _device_label(engine) -> str:
-    if engine.device.type == "cuda":
-        return torch.cuda.get_device_name(engine.device).replace(" ", "-")
-    return f"cpu-{platform.machine()}-{torch.get_num_threads()}threads"
-
-
 @click.command()
 @click.option("--base", type=click.Path(exists=True), help="Base model folder (default: a random pair from --preset).")
 @click.option("--instruct", type=click.Path(exists=True), help="Instruct model folder.")
@@ -187,7 +181,7 @@ def main(base, instruct, seeds, preset, num, max_tokens, max_num_seqs, device, d
                     num_candidates = runs[variant][-1]["candidates"]
                 else:
                     runs[variant].append(run_phased(engine, planner, job, num_candidates, tmp / f"phased{r}.jsonl"))
-                device_label = _device_label(engine)
+                device_label = device_name(engine.device)
                 del engine
                 _free_memory()
         pairs = list(zip(runs["interleaved"], runs["phased"]))

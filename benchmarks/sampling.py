@@ -33,15 +33,10 @@ if not torch.cuda.is_available():
 import triton  # noqa: E402
 
 from bare_engine.kernels import sampling as tri  # noqa: E402
+from bare_engine.bench import device_name, peak_bandwidth  # noqa: E402
 from bare_engine.kernels import sampling_ref as ref  # noqa: E402
 
 # (substring of torch.cuda.get_device_name(), peak bytes/s); the first match wins.
-PEAK_BANDWIDTH = [
-    ("GH200", 4.0e12), ("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12),
-    ("H800", 3.35e12), ("H20", 4.0e12), ("B200", 8.0e12), ("A100-SXM4-80GB", 2.039e12),
-    ("A100 80GB PCIe", 1.935e12), ("A100", 1.555e12), ("L40S", 0.864e12), ("L40", 0.864e12), ("L4", 0.3e12),
-    ("A10G", 0.6e12), ("A10", 0.6e12), ("RTX 4090", 1.008e12), ("RTX 3090", 0.936e12), ("T4", 0.32e12),
-]
 FULL = {"batch": [1, 8, 32, 128, 256, 512], "vocab": [32000, 128256, 151936]}
 QUICK = {"batch": [1, 4], "vocab": [1000, 5000]}
 SCENARIOS = {
@@ -51,13 +46,6 @@ SCENARIOS = {
                         frequency_penalty=0.0, presence_penalty=0.0),
 }
 
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def peak_bandwidth(name: str) -> float | None:
-    return next((peak for key, peak in PEAK_BANDWIDTH if key in name), None)
 
 
 def time_ms(fn, device: torch.device) -> float:
