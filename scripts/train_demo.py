@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from demo_data import arithmetic_document, base_document, instruct_pair, refine_pair, seeds  # noqa: E402
 from demo_tokenizer import train_tokenizer  # noqa: E402
