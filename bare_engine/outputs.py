@@ -23,3 +23,4 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
     finished: bool = True
+    prompt: str | None = None  # the prompt text (None when the prompt was token ids), as in vLLM
