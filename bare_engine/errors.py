@@ -42,3 +42,7 @@ class ConfigError(BareEngineError):
 
 class ResumeMismatchError(ConfigError):
     """An output file exists from a run with a different configuration."""
+
+
+class ReplicaError(BareEngineError):
+    """A data-parallel engine replica (a Ray actor) could not start, failed, or every replica died."""

@@ -70,10 +70,13 @@ class AnnotateJob:
         return AnnotatePlanner(self.cfg, self.seeds, engine.tokenizer, self.inputs, self.prompt, self.label_ids)
 
 
-def prepare_annotate(cfg: PipelineConfig, log: Callable[[str], None] = print) -> AnnotateJob:
-    """Read and check every input, the teacher's folder and tokenizer, and the labels; no model loads."""
+def prepare_annotate(cfg: PipelineConfig, log: Callable[[str], None] = print,
+                     inputs: list[Example] | None = None) -> AnnotateJob:
+    """Read and check every input, the teacher's folder and tokenizer, and the labels; no model loads.
+    `inputs`: the unlabeled examples when they do not come from the `input` file (a Ray dataset)."""
     prompt = AnnotatePrompt.from_config(cfg)
-    inputs = load_inputs(cfg.input, cfg.input_fields, cfg.id_field)
+    if inputs is None:
+        inputs = load_inputs(cfg.input, cfg.input_fields, cfg.id_field)
     seeds = load_seeds(cfg.seeds, prompt.seed_fields, cfg.id_field, cfg.k)
     if cfg.labels is not None:
         for seed in seeds:

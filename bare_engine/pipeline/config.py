@@ -100,6 +100,8 @@ class PipelineConfig:
     max_in_flight: int = 0  # candidates in flight at once; 0: 2 * max_num_seqs
     max_candidates: int = 0  # give up after this candidate index; 0: max(100, 20 * num)
     progress: bool = True
+    data_parallel: int = 1  # engine replicas on Ray (bare_engine/ray); >1 or a ray_address runs on Ray
+    ray_address: str = ""  # join this Ray cluster (host:port or auto); "": start a local Ray
     # annotate mode (see pipeline/annotate.py and annotate_prompt.py)
     teacher: str | None = None  # teacher model directory, or a LoRA adapter directory
     teacher_base: str | None = None  # base model of a LoRA adapter teacher (default: its adapter_config)
@@ -277,7 +279,8 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
     if cfg.seed_order not in SEED_ORDERS:
         raise ConfigError(f"seed_order must be one of {', '.join(SEED_ORDERS)}, got {cfg.seed_order!r}")
-    for key, minimum in (("num", 1), ("k", 1), ("seed", 0), ("max_in_flight", 0), ("max_candidates", 0)):
+    for key, minimum in (("num", 1), ("k", 1), ("seed", 0), ("max_in_flight", 0), ("max_candidates", 0),
+                         ("data_parallel", 1)):
         if getattr(cfg, key) < minimum:
             raise ConfigError(f"{key} must be >= {minimum}, got {getattr(cfg, key)}")
     if not cfg.fields:
@@ -315,6 +318,7 @@ def validate(cfg: PipelineConfig) -> None:
 # through their content fingerprints (see manifest.py), not their paths.
 RESUME_FREE_KEYS = {
     "num", "out", "progress", "max_in_flight", "max_candidates",
+    "data_parallel", "ray_address",
     "base", "instruct", "seeds", "candidates", "teacher", "teacher_base", "input",
     "engine.num_kv_blocks", "engine.gpu_memory_utilization", "engine.max_num_seqs",
     "engine.max_num_batched_tokens", "engine.enable_prefix_caching", "engine.kv_split_ratio",

@@ -55,6 +55,11 @@ def summary_lines(result: RunResult, out: str) -> list[str]:
             f"{name}: {m['generated_tokens']} generated / {m['prompt_tokens']} prompt tokens, "
             f"{m['tokens_per_s']:.1f} tok/s"
         )
+    for r in (result.data_parallel or {}).get("per_replica", []):
+        rates = ", ".join(f"{name} {rate:.1f} tok/s" for name, rate in r["tokens_per_s"].items())
+        restarts = f", {r['restarts']} restart(s)" if r["restarts"] else ""
+        lines.append(f"replica {r['replica']} ({r['node']}): {r['candidates']} candidates, {r['valid']} valid, "
+                     f"{rates}{restarts}")
     if result.interrupted:
         lines.append("run the same command again to resume")
     return lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -57,23 +58,40 @@ def prepare_output(cfg: PipelineConfig, manifest: dict) -> ExistingOutput:
     return existing
 
 
+@dataclass
+class Job:
+    """What a run needs besides its engine: the checked config and how to plan its candidates."""
+
+    cfg: PipelineConfig  # annotate mode: num capped at the number of input lines
+    extra_models: dict[str, Path]  # more model folders the run depends on (a LoRA teacher's base)
+    make_planner: Callable[[object], StagePlanner]  # engine (anything with .tokenizer) -> planner
+
+
+def prepare_job(cfg: PipelineConfig, log: Callable[[str], None] = print) -> Job:
+    """Read and check every input file and model folder; loads no model."""
+    if cfg.mode == "annotate":
+        job = prepare_annotate(cfg, log)
+        return Job(job.cfg, job.extra_models, job.planner)
+    seeds = load_seeds(cfg.seeds, cfg.fields, cfg.id_field, cfg.k)
+    inputs = load_candidates(cfg.candidates, cfg.fields) if cfg.mode == "refine" else None
+    check_models(cfg)
+    return Job(cfg, {}, lambda engine: StagePlanner(cfg, seeds, engine.tokenizer, inputs))
+
+
+def uses_ray(cfg: PipelineConfig) -> bool:
+    return cfg.data_parallel > 1 or bool(cfg.ray_address)
+
+
 def run_pipeline(
     cfg: PipelineConfig,
     engine_factory: Callable[[PipelineConfig], object] = build_engine,
     log: Callable[[str], None] = print,
 ) -> RunResult:
     """Run (or resume) the configured job until `cfg.num` records exist; returns the summary."""
-    if cfg.mode == "annotate":
-        job = prepare_annotate(cfg, log)
-        cfg, extra_models, make_planner = job.cfg, job.extra_models, job.planner
-    else:
-        seeds = load_seeds(cfg.seeds, cfg.fields, cfg.id_field, cfg.k)
-        inputs = load_candidates(cfg.candidates, cfg.fields) if cfg.mode == "refine" else None
-        check_models(cfg)
-        extra_models = {}
-        make_planner = lambda engine: StagePlanner(cfg, seeds, engine.tokenizer, inputs)  # noqa: E731
+    job = prepare_job(cfg, log)
+    cfg = job.cfg
     check_writable(cfg.out)
-    manifest = build_manifest(cfg, extra_models)
+    manifest = build_manifest(cfg, job.extra_models)
     with RecordWriter(cfg.out) as writer:  # locks the output before reading or cutting it
         existing = prepare_output(cfg, manifest)
         if existing.torn_bytes:
@@ -84,16 +102,23 @@ def run_pipeline(
         if existing.count:
             log(f"resuming {cfg.out}: {existing.count}/{cfg.num} records present")
         started = _now()
-        engine = engine_factory(cfg)
-        planner = make_planner(engine)
-        progress = Progress(engine, cfg.num, existing.count, enabled=cfg.progress)
-        try:
-            result = PipelineRunner(engine, planner, cfg, writer, existing, progress).run()
-        finally:
-            progress.close()
+        if uses_ray(cfg):
+            from bare_engine.ray.driver import run_data_parallel  # Ray is an extra: imported only here
+
+            result = run_data_parallel(job, writer, existing, log)
+        else:
+            result = _run_one_engine(job, engine_factory(cfg), writer, existing)
         manifest["runs"].append(_run_entry(result, existing, started))
         write_manifest(cfg.out, manifest)
     return result
+
+
+def _run_one_engine(job: Job, engine, writer: RecordWriter, existing: ExistingOutput) -> RunResult:
+    progress = Progress(engine, job.cfg.num, existing.count, enabled=job.cfg.progress)
+    try:
+        return PipelineRunner(engine, job.make_planner(engine), job.cfg, writer, existing, progress).run()
+    finally:
+        progress.close()
 
 
 def _run_entry(result: RunResult, existing: ExistingOutput, started: str) -> dict:
@@ -108,6 +133,7 @@ def _run_entry(result: RunResult, existing: ExistingOutput, started: str) -> dic
         "wall_s": round(result.wall_s, 3),
         "interrupted": result.interrupted,
         "stop_reason": result.stop_reason,
+        **({"data_parallel": result.data_parallel} if result.data_parallel else {}),
     }
 
 
