@@ -37,6 +37,7 @@ class EngineConfig:
     sampler_backend: str = "auto"  # auto: Triton on CUDA, torch reference elsewhere
     kv_split_ratio: float = 0.5
     enforce_eager: bool = False
+    tensor_parallel_size: int = 1  # ranks (processes, one device each) every model is sharded over
     cuda_graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
     def __post_init__(self) -> None:
@@ -59,6 +60,8 @@ class EngineConfig:
             bad(f"sampler_backend must be auto, torch or triton, got {self.sampler_backend!r}")
         if not 0.0 < self.kv_split_ratio < 1.0:
             bad(f"kv_split_ratio must be in (0, 1), got {self.kv_split_ratio}")
+        if not isinstance(self.tensor_parallel_size, int) or self.tensor_parallel_size < 1:
+            bad(f"tensor_parallel_size must be a positive integer, got {self.tensor_parallel_size!r}")
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -70,6 +73,23 @@ class EngineConfig:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device {self.device!r} requested but CUDA is not available")
         return device
+
+    def rank_devices(self) -> list[torch.device]:
+        """The device of each tensor-parallel rank: cuda:0..N-1 of the visible GPUs, or the CPU N times."""
+        tp = self.tensor_parallel_size
+        device = self.resolve_device()
+        if tp == 1:
+            return [device]
+        if device.index is not None:
+            raise ConfigError(
+                f"tensor_parallel_size {tp} puts rank r on cuda:r; device must be auto, cuda or cpu, got {self.device!r}"
+            )
+        if device.type == "cuda":
+            visible = torch.cuda.device_count()
+            if tp > visible:
+                raise ConfigError(f"tensor_parallel_size {tp} needs {tp} GPUs but {visible} are visible")
+            return [torch.device("cuda", r) for r in range(tp)]
+        return [device] * tp
 
     def resolve_dtype(self, device: torch.device) -> torch.dtype:
         if self.dtype == "auto":
@@ -105,6 +125,18 @@ class ModelConfig:
     def kv_shape(self) -> tuple[int, int, int]:
         """What must match for two models to share one KV block pool."""
         return (self.num_layers, self.num_kv_heads, self.head_dim)
+
+    def check_tensor_parallel(self, tp: int) -> None:
+        """Raise unless heads and MLP width split evenly over ``tp`` ranks (KV heads may be replicated)."""
+        def bad(what: str) -> None:
+            raise ConfigError(f"{self.path.name}: tensor_parallel_size {tp} does not divide {what}")
+
+        if self.num_heads % tp:
+            bad(f"num_attention_heads {self.num_heads}")
+        if self.num_kv_heads % tp and tp % self.num_kv_heads:
+            bad(f"num_key_value_heads {self.num_kv_heads} (nor is it a multiple of it, to replicate them)")
+        if self.intermediate_size % tp:
+            bad(f"intermediate_size {self.intermediate_size}")
 
     def inv_freq(self) -> torch.Tensor:
         dims = torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim

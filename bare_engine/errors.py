@@ -46,3 +46,7 @@ class ResumeMismatchError(ConfigError):
 
 class ReplicaError(BareEngineError):
     """A data-parallel engine replica (a Ray actor) could not start, failed, or every replica died."""
+
+
+class TensorParallelError(BareEngineError):
+    """A tensor-parallel worker failed, died or stopped answering; names the rank and the cause."""

@@ -2,7 +2,9 @@
 
 Tensors are read one at a time (single file or sharded with an index), renamed to
 the engine's fused modules, cast and copied into place. Every parameter must be
-written exactly once and every checkpoint tensor must land somewhere.
+written exactly once and every checkpoint tensor must land somewhere. A
+tensor-parallel rank reads only its slice of each tensor (``get_slice``), as its
+layer's ``placement`` says, so a checkpoint is read once in all, not once per rank.
 """
 
 from __future__ import annotations
@@ -14,14 +16,35 @@ from typing import Callable, Iterator
 import torch
 from safetensors import SafetensorError, safe_open
 
-from bare_engine.config import read_json
+from bare_engine.config import ModelConfig, read_json
+from bare_engine.distributed.group import SINGLE_RANK
+from bare_engine.distributed.layers import Placement, replicated_placement
 from bare_engine.errors import CheckpointError
 from bare_engine.model import CausalLM
 
 # Tensors some checkpoints carry that the engine recomputes or does not need.
 IGNORED = re.compile(r"(rotary_emb\.inv_freq|\.rotary_emb\.)")
 
-TensorHook = Callable[[str, torch.Tensor], torch.Tensor]
+# (checkpoint name, this rank's slice of the tensor, where the slice lies in the full tensor) -> tensor
+TensorHook = Callable[[str, torch.Tensor, Placement], torch.Tensor]
+
+
+def load_model(
+    config: ModelConfig,
+    weights_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    max_positions: int,
+    hook: TensorHook | None = None,
+    group=SINGLE_RANK,
+) -> CausalLM:
+    """Build ``group``'s shard of the model on ``device`` and fill it from the checkpoint."""
+    with torch.device(device):
+        model = CausalLM(config, max_positions=max_positions, group=group)
+    model.to(dtype=dtype)
+    model.rotary.to(torch.float32)  # cos/sin tables stay float32, cast per use
+    load_weights(model, weights_dir, hook)
+    return model.eval()
 
 
 def checkpoint_files(model_dir: Path) -> list[Path]:
@@ -42,12 +65,28 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+class _TensorSlice:
+    """One checkpoint tensor, not read yet: its shape, and a read of any part of it."""
+
+    def __init__(self, path: Path, name: str, handle):
+        self.path = path
+        self.name = name
+        self.handle = handle
+        self.shape = tuple(handle.get_shape())
+
+    def read(self, index: tuple[slice, ...]) -> torch.Tensor:
+        try:
+            return self.handle[index]
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise CheckpointError(f"cannot read safetensors file {self.path.name}: {exc}") from None
+
+
+def iter_tensor_slices(files: list[Path]) -> Iterator[tuple[str, _TensorSlice]]:
     for path in files:
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name)
+                entries = [(name, _TensorSlice(path, name, f.get_slice(name))) for name in f.keys()]
+                yield from entries
         except SafetensorError as exc:
             raise CheckpointError(f"corrupt or truncated safetensors file {path.name}: {exc}") from None
         except (OSError, RuntimeError) as exc:
@@ -60,20 +99,22 @@ def load_weights(model: CausalLM, model_dir: Path, hook: TensorHook | None = Non
     expected = set(_checkpoint_names(model, params))
     tied = model.config.tie_word_embeddings
 
-    for hf_name, tensor in iter_tensors(checkpoint_files(model_dir)):
+    for hf_name, tensor_slice in iter_tensor_slices(checkpoint_files(model_dir)):
         if IGNORED.search(hf_name) or (tied and hf_name == "lm_head.weight"):
             continue
-        if hook is not None:
-            tensor = hook(hf_name, tensor)
         name, shard = _engine_name(model, hf_name)
         if name not in params:
             raise CheckpointError(f"unexpected tensor {hf_name!r} in checkpoint (no such parameter in {model.config.architecture})")
         param = params[name]
-        target = param.data if shard is None else _shard_view(model, name, param.data, shard)
+        place = _placement(model, name, shard, param)
+        if tensor_slice.shape != place.full_shape:
+            raise CheckpointError(f"tensor {hf_name!r} has shape {tensor_slice.shape}, expected {place.full_shape}")
+        tensor = tensor_slice.read(place.index)
+        if hook is not None:
+            tensor = hook(hf_name, tensor, place)
+        target = param.data.narrow(0, place.offset, tensor.shape[0])
         if tuple(target.shape) != tuple(tensor.shape):
-            raise CheckpointError(
-                f"tensor {hf_name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}"
-            )
+            raise CheckpointError(f"slice of tensor {hf_name!r} has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
         target.copy_(tensor.to(dtype=target.dtype))
         expected.discard(hf_name)
 
@@ -81,6 +122,15 @@ def load_weights(model: CausalLM, model_dir: Path, hook: TensorHook | None = Non
         missing = sorted(expected)
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise CheckpointError(f"checkpoint {model_dir} is missing tensor(s) {', '.join(missing[:3])}{more}")
+
+
+def _placement(model: CausalLM, name: str, shard: int | None, param: torch.Tensor) -> Placement:
+    """This rank's slice of the checkpoint tensor for ``name`` (the whole tensor for replicated parameters)."""
+    module_name, leaf = name.rsplit(".", 1)
+    module = model.get_submodule(module_name)
+    if hasattr(module, "placement"):
+        return module.placement(leaf, shard)
+    return replicated_placement(tuple(param.shape))
 
 
 def _checkpoint_names(model: CausalLM, params: dict) -> list[str]:
@@ -104,9 +154,3 @@ def _engine_name(model: CausalLM, hf_name: str) -> tuple[str, int | None]:
         fused, shard = model.packed_modules[parts[-2]]
         return ".".join(parts[:-2] + [fused, parts[-1]]), shard
     return hf_name, None
-
-
-def _shard_view(model: CausalLM, name: str, data: torch.Tensor, shard: int) -> torch.Tensor:
-    sizes = model.shard_sizes(name.split(".")[-2])
-    start = sum(sizes[:shard])
-    return data.narrow(0, start, sizes[shard])

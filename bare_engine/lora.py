@@ -3,7 +3,9 @@
 An adapter directory holds adapter_config.json and adapter_model.safetensors. Its tensors are
 named after the PEFT-wrapped model (`base_model.model.<module>.lora_A.weight`, ...); the engine
 loader calls `merge(hf_name, weight)` with the base checkpoint's names
-(`model.layers.0.self_attn.q_proj.weight`) and gets back W + scale * B @ A.
+(`model.layers.0.self_attn.q_proj.weight`) and gets back W + scale * B @ A. A tensor-parallel
+rank passes its slice of W and where the slice lies (`Placement`), and gets the same slice of
+the merged weight: only that block of B @ A is computed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from bare_engine.distributed.layers import Placement
 from bare_engine.errors import CheckpointError, ModelLoadError
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -104,32 +107,45 @@ class LoraAdapter:
                 break
         return alpha / (math.sqrt(rank) if self.use_rslora else rank)
 
-    def delta(self, module: str) -> torch.Tensor:
-        """scale * B @ A in float32, laid out like the base weight."""
+    def delta(self, module: str, index: tuple[slice, slice] = (slice(None), slice(None))) -> torch.Tensor:
+        """``(scale * B @ A)[index]`` in float32, laid out like the base weight."""
         pair = self.pairs[module]
-        delta = pair.b.float() @ pair.a.float()
-        if pair.embedding or self.fan_in_fan_out:
-            delta = delta.T
+        rows, cols = index
+        if pair.embedding or self.fan_in_fan_out:  # the weight is (B @ A).T
+            delta = (pair.b[cols].float() @ pair.a[:, rows].float()).T
+        else:
+            delta = pair.b[rows].float() @ pair.a[:, cols].float()
         return delta * self.scale(module)
 
-    def merge(self, hf_name: str, weight: torch.Tensor) -> torch.Tensor:
-        """`weight` with this adapter applied; unchanged when the adapter does not touch it."""
+    def delta_shape(self, module: str) -> tuple[int, int]:
+        pair = self.pairs[module]
+        shape = (pair.b.shape[0], pair.a.shape[1])
+        return shape[::-1] if pair.embedding or self.fan_in_fan_out else shape
+
+    def merge(self, hf_name: str, weight: torch.Tensor, place: Placement | None = None) -> torch.Tensor:
+        """`weight` with this adapter applied; unchanged when the adapter does not touch it.
+
+        With ``place``, ``weight`` is the slice ``place.index`` of a tensor of shape ``place.full_shape``.
+        """
+        full_shape = tuple(weight.shape) if place is None else place.full_shape
+        index = tuple(slice(None) for _ in full_shape) if place is None else place.index
         if hf_name in self.replacements:
             self._used.add(hf_name)
-            weight = self._checked(hf_name, self.replacements[hf_name], weight.shape).to(weight)
+            self._checked(hf_name, tuple(self.replacements[hf_name].shape), full_shape)
+            weight = self.replacements[hf_name][index].to(weight)
         module = hf_name.removesuffix(".weight")
         if hf_name == module or module not in self.pairs:
             return weight
         self._used.add(module)
-        delta = self._checked(hf_name, self.delta(module), weight.shape)
+        self._checked(hf_name, self.delta_shape(module), full_shape)
+        delta = self.delta(module, index)
         return (weight.float() + delta.to(weight.device)).to(weight.dtype)
 
-    def _checked(self, hf_name: str, tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        if tensor.shape != shape:
+    def _checked(self, hf_name: str, shape: tuple[int, ...], base_shape: tuple[int, ...]) -> None:
+        if tuple(shape) != tuple(base_shape):
             raise CheckpointError(
-                f"{self.path}: adapter gives {hf_name} shape {tuple(tensor.shape)}, base has {tuple(shape)}"
+                f"{self.path}: adapter gives {hf_name} shape {tuple(shape)}, base has {tuple(base_shape)}"
             )
-        return tensor
 
     def check_all_used(self) -> None:
         """Raise when some adapter tensors matched no base weight (wrong base model or names)."""

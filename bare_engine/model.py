@@ -13,27 +13,22 @@ from torch.nn import functional as F
 
 from bare_engine.attention import AttentionBackend, AttentionMetadata
 from bare_engine.config import ModelConfig
-
-
-def _empty(*shape: int) -> nn.Parameter:
-    # Weights come from the checkpoint: skip random initialisation.
-    return nn.Parameter(torch.empty(*shape), requires_grad=False)
-
-
-class Linear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool = False):
-        super().__init__()
-        self.weight = _empty(out_features, in_features)
-        self.bias = _empty(out_features) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+from bare_engine.distributed.group import SINGLE_RANK
+from bare_engine.distributed.layers import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    empty_parameter,
+    even_piece,
+    head_piece,
+    padded_piece,
+)
 
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
-        self.weight = _empty(dim)
+        self.weight = empty_parameter(dim)
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,16 +55,19 @@ class RotaryEmbedding(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding):
+    """This rank's query heads and KV heads (KV heads replicated when there are fewer than ranks)."""
+
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, group):
         super().__init__()
-        self.num_heads = config.num_heads
-        self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
-        self.q_size = self.num_heads * self.head_dim
-        self.kv_size = self.num_kv_heads * self.head_dim
+        q = even_piece(config.num_heads * self.head_dim, group)
+        kv = head_piece(config.num_kv_heads, self.head_dim, group)
+        self.q_size, self.kv_size = q.rows, kv.rows
+        self.num_heads = self.q_size // self.head_dim
+        self.num_kv_heads = self.kv_size // self.head_dim
         self.scale = self.head_dim**-0.5
-        self.qkv_proj = Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias)
-        self.o_proj = Linear(self.q_size, config.hidden_size, bias=config.o_bias)
+        self.qkv_proj = ColumnParallelLinear(config.hidden_size, [q, kv, kv], bias=config.qkv_bias)
+        self.o_proj = RowParallelLinear(q, config.hidden_size, group, bias=config.o_bias)
         if config.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -97,10 +95,11 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, group):
         super().__init__()
-        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
-        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        inner = even_piece(config.intermediate_size, group)
+        self.gate_up_proj = ColumnParallelLinear(config.hidden_size, [inner, inner], bias=config.mlp_bias)
+        self.down_proj = RowParallelLinear(inner, config.hidden_size, group, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -108,12 +107,12 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding):
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, group):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, rotary)
+        self.self_attn = Attention(config, rotary, group)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, group)
 
     def forward(self, x, positions, kv_cache, backend, meta):
         x = x + self.self_attn(self.input_layernorm(x), positions, kv_cache, backend, meta)
@@ -121,7 +120,11 @@ class DecoderLayer(nn.Module):
 
 
 class CausalLM(nn.Module):
-    """Checkpoint names map onto these modules one to one, except q/k/v -> qkv_proj and gate/up -> gate_up_proj."""
+    """Checkpoint names map onto these modules one to one, except q/k/v -> qkv_proj and gate/up -> gate_up_proj.
+
+    ``group`` is the tensor-parallel rank this copy is (``SINGLE_RANK``: the whole model); see
+    ``bare_engine/distributed/layers.py`` for the layout.
+    """
 
     # HF sub-module name -> (fused module name, shard index)
     packed_modules = {
@@ -132,23 +135,23 @@ class CausalLM(nn.Module):
         "up_proj": ("gate_up_proj", 1),
     }
 
-    def __init__(self, config: ModelConfig, max_positions: int):
+    def __init__(self, config: ModelConfig, max_positions: int, group=SINGLE_RANK):
         super().__init__()
         self.config = config
+        self.group = group
         rotary = RotaryEmbedding(config, max_positions)
         self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, _weight=_empty(config.vocab_size, config.hidden_size))
-        self.model.layers = nn.ModuleList(DecoderLayer(config, rotary) for _ in range(config.num_layers))
+        self.model.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, group)
+        self.model.layers = nn.ModuleList(DecoderLayer(config, rotary, group) for _ in range(config.num_layers))
         self.model.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = rotary
         if not config.tie_word_embeddings:
-            self.lm_head = Linear(config.hidden_size, config.vocab_size)
+            self.lm_head = ColumnParallelLinear(config.hidden_size, [padded_piece(config.vocab_size, group)])
 
-    def shard_sizes(self, fused_name: str) -> list[int]:
-        c = self.config
-        if fused_name == "qkv_proj":
-            return [c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim]
-        return [c.intermediate_size, c.intermediate_size]
+    @property
+    def num_kv_heads(self) -> int:
+        """KV heads this rank caches."""
+        return self.model.layers[0].self_attn.num_kv_heads
 
     def forward(
         self,
@@ -163,6 +166,10 @@ class CausalLM(nn.Module):
             x = layer(x, positions, kv_cache, backend, meta)
         return self.model.norm(x)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Float32 logits over the whole vocabulary on rank 0 (gathered from the ranks' shares); None elsewhere."""
         weight = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        logits = self.group.gather(F.linear(hidden, weight))
+        if logits is None:
+            return None
+        return logits[:, : self.config.vocab_size].float().contiguous()

@@ -1,0 +1,102 @@
+"""The sharded forward at tp=2 (two processes, gloo) gives the tp=1 logits, for every supported family."""
+
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from bare_engine.attention import AttentionMetadata, TorchBackend
+from bare_engine.config import load_model_config
+from bare_engine.distributed.executor import TPExecutor
+from bare_engine.distributed.forward import allocate_kv_cache, run_forward
+from bare_engine.distributed.message import encode_step, step_fields
+from bare_engine.distributed.worker import KVPool, ModelLoad
+from bare_engine.errors import TensorParallelError
+from bare_engine.loader import load_model
+from tiny_models import make_model_dir
+
+CPU = torch.device("cpu")
+MAX_LEN, BLOCK, BLOCKS = 64, 16, 8
+MODELS = {
+    "llama_gqa": ("llama", {}),
+    "llama_mha": ("llama", {"num_key_value_heads": 4}),
+    "kv_heads_below_tp": ("llama", {"num_key_value_heads": 1}),
+    "qwen2_bias_tied": ("qwen2", {"tie_word_embeddings": True}),
+    "qwen3_qk_norm": ("qwen3", {}),
+    "mistral_sharded": ("mistral", {"max_shard_size": "40KB"}),
+}
+
+
+@pytest.fixture(scope="module")
+def executor():
+    ex = TPExecutor([CPU, CPU], "torch", num_threads=1)
+    try:
+        yield ex
+    finally:
+        ex.shutdown()
+
+
+def _step(seqs, start, block_tables):
+    """Inputs for one step: each sequence's tokens from ``start[i]`` on; the last token of each is sampled."""
+    ids, pos, slots, cu, ctx, last = [], [], [], [0], [], []
+    for tokens, s, table in zip(seqs, start, block_tables):
+        ids += tokens[s:]
+        pos += range(s, len(tokens))
+        slots += [table[p // BLOCK] * BLOCK + p % BLOCK for p in range(s, len(tokens))]
+        cu.append(cu[-1] + len(tokens) - s)
+        ctx.append(len(tokens))
+        last.append(cu[-1] - 1)
+    width = max(map(len, block_tables))
+    meta = AttentionMetadata(
+        torch.tensor(slots), torch.tensor([t + [0] * (width - len(t)) for t in block_tables], dtype=torch.int32),
+        torch.tensor(ctx, dtype=torch.int32), torch.tensor(cu, dtype=torch.int32),
+        max(c - s for c, s in zip(ctx, start)), max(ctx),
+    )
+    return torch.tensor(ids), torch.tensor(pos), torch.tensor(last), meta
+
+
+def test_sharded_forward_equals_tp1(executor, tmp_path_factory):
+    backend = TorchBackend()
+    gen = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, 480, (n,), generator=gen).tolist() for n in (5, 19)]
+    tables = [[0], [1, 2]]
+    for index, (name, (arch, kw)) in enumerate(MODELS.items()):
+        model_dir = make_model_dir(tmp_path_factory.mktemp(name), arch, **kw)
+        config = load_model_config(model_dir)
+        executor.load([ModelLoad(name, str(model_dir), MAX_LEN, torch.float32)])
+        shard = load_model(config, model_dir, CPU, torch.float32, MAX_LEN, group=executor.group)
+        executor.collect("load")
+        executor.allocate_kv([KVPool([name], BLOCKS, BLOCK)], None)
+        executor.collect("kv")
+        whole = load_model(config, model_dir, CPU, torch.float32, MAX_LEN)
+        caches = {
+            "shard": allocate_kv_cache(config.num_layers, BLOCKS, BLOCK, shard.num_kv_heads, config.head_dim, torch.float32, CPU),
+            "whole": allocate_kv_cache(config.num_layers, BLOCKS, BLOCK, config.num_kv_heads, config.head_dim, torch.float32, CPU),
+        }
+        steps = [_step(seqs, [0, 0], tables), _step([s + [7] for s in seqs], [len(s) for s in seqs], tables)]
+        for input_ids, positions, last, meta in steps:  # a prefill, then a decode on the cached K/V
+            executor.send_step(encode_step(index, step_fields(input_ids, positions, last, meta)))
+            with torch.inference_mode():
+                got = run_forward(shard, caches["shard"], backend, None, input_ids, positions, meta, last)
+                want = run_forward(whole, caches["whole"], backend, None, input_ids, positions, meta, last)
+            assert got.shape == (2, config.vocab_size)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_killed_worker_is_a_clear_error_and_no_orphan():
+    ex = TPExecutor([CPU, CPU], "torch", num_threads=1)
+    pid = ex.pids[0]
+    try:
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        start = time.monotonic()
+        with pytest.raises(TensorParallelError, match="rank 1 died: killed by SIGKILL"):
+            ex.group.all_reduce(torch.ones(4))
+        assert time.monotonic() - start < 30
+        with pytest.raises(TensorParallelError, match="rank 1"):  # and every later call
+            ex.send_step(b"")
+    finally:
+        ex.shutdown()
+    assert not ex.procs[0].is_alive()
