@@ -97,17 +97,22 @@ class BlockManager:
         return block_id
 
     def commit(self, seq: Sequence, salt: str) -> None:
-        """Register the hashes of ``seq``'s blocks that are full and computed."""
+        """Register the hashes of ``seq``'s blocks that became full and computed since the last call."""
         if not self.enable_prefix_caching:
             return
-        prev = hash(salt)
-        for i in range(seq.num_computed_tokens // self.block_size):
+        full = seq.num_computed_tokens // self.block_size
+        done = seq.num_hashed_blocks
+        if full <= done:
+            return
+        prev = seq.last_block_hash if done else hash(salt)
+        for i in range(done, full):
             block = self.blocks[seq.block_table[i]]
             if block.hash is None:
                 tokens = tuple(seq.token_ids[i * self.block_size:(i + 1) * self.block_size])
                 block.hash, block.token_ids = self.chain_hash(prev, tokens), tokens
                 self.cached.setdefault(block.hash, block.block_id)
             prev = block.hash
+        seq.num_hashed_blocks, seq.last_block_hash = full, prev
 
     def free(self, seq: Sequence) -> None:
         # Tail blocks first, so a shared prefix stays cached the longest.
@@ -118,3 +123,4 @@ class BlockManager:
                 self.free_blocks[block_id] = None
         seq.block_table.clear()
         seq.num_computed_tokens = 0
+        seq.num_hashed_blocks, seq.last_block_hash = 0, None

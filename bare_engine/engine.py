@@ -24,11 +24,10 @@ from bare_engine.lora import ModelSource, ModelSpec, resolve_model_source
 from bare_engine.model_policy import InterleavePolicy
 from bare_engine.model_runner import ModelRunner, ModelStats
 from bare_engine.outputs import CompletionOutput, RequestOutput
-from bare_engine.sampler import Sampled
 from bare_engine.sampling_params import SamplingParams
 from bare_engine.scheduler import Scheduler
 from bare_engine.sequence import Sequence
-from bare_engine.tokenizer import Detokenizer, load_tokenizer
+from bare_engine.tokenizer import Detokenizer, TokenBytes, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +68,11 @@ class LLMEngine:
         self.eos_ids = {name: self._eos_ids(c, self.tokenizers[name]) for name, c in model_configs.items()}
         pools = self._allocate_pools(model_configs)
         self.scheduler = Scheduler(pools, self.config.max_num_seqs, self.config.max_num_batched_tokens)
-        self.scheduler.on_release = lambda seq: self.runners[seq.model].sampler.release(seq)
+        self.scheduler.on_release = lambda seq: self.runners[seq.model].release(seq)
         drain = "instruct" if "instruct" in models else None
         self.policy = policy or InterleavePolicy(drain_model=drain)
         self.requests: dict[str, _Request] = {}
+        self._token_bytes_cache: dict[tuple[str, bool], TokenBytes | None] = {}
         self._rng = random.Random(self.config.seed)
         self._seq_ids = itertools.count()
         self._arrivals = itertools.count()
@@ -198,12 +198,29 @@ class LLMEngine:
         seqs = []
         for i in range(params.n):
             seq = Sequence(next(self._seq_ids), request_id, i, model, token_ids, params, _sample_seed(base_seed, i), arrival)
-            seq.detok = Detokenizer(self.tokenizers[model], params.stop_strings, params.skip_special_tokens)
+            seq.detok = Detokenizer(self.tokenizers[model], params.stop_strings, params.skip_special_tokens,
+                                    self._token_bytes(model, params))
+            seq.max_len = self._max_len(model, len(token_ids), params)
             if params.allowed_token_sequences is not None:
                 seq.trie = TokenTrie(params.allowed_token_sequences, self.eos_ids[model])
             seqs.append(seq)
             self.scheduler.add(seq)
         self.requests[request_id] = _Request(request_id, model, token_ids, seqs)
+
+    def _token_bytes(self, model: str, params: SamplingParams) -> TokenBytes | None:
+        """The model's token-bytes table for fast stop-string checks (built on the first request with stop strings)."""
+        if not params.stop_strings:
+            return None
+        key = (model, params.skip_special_tokens)
+        if key not in self._token_bytes_cache:
+            vocab = self.runners[model].config.vocab_size
+            self._token_bytes_cache[key] = TokenBytes.build(self.tokenizers[model], params.skip_special_tokens, vocab)
+        return self._token_bytes_cache[key]
+
+    def _max_len(self, model: str, prompt_len: int, params: SamplingParams) -> int:
+        """Length at which a sequence stops: its max_tokens, or the model's context."""
+        limit = self.max_model_len[model]
+        return limit if params.max_tokens is None else min(limit, prompt_len + params.max_tokens)
 
     def _tokenize(self, model: str, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -260,24 +277,24 @@ class LLMEngine:
                 raise RuntimeError("scheduler made no progress with requests pending (engine bug)")
             return []
         self.policy.stepped(model)
-        sampled = self.runners[model].run(batch)
+        result = self.runners[model].run(batch)
         self.scheduler.after_step(batch)
         finished_requests = []
-        for seq in batch.seqs:
-            if seq.seq_id in sampled and self._append(seq, sampled[seq.seq_id]):
+        logprobs = result.logprobs
+        for i, (seq, token) in enumerate(zip(result.seqs, result.token_ids)):
+            if self._append(seq, token, logprobs[i] if logprobs is not None else None):
                 self.scheduler.finish(seq)
                 request = self.requests[seq.request_id]
                 if all(s.is_finished for s in request.seqs):
                     finished_requests.append(self._output(self.requests.pop(seq.request_id)))
         return finished_requests
 
-    def _append(self, seq: Sequence, sampled: Sampled) -> bool:
+    def _append(self, seq: Sequence, token: int, logprobs: dict[int, float] | None) -> bool:
         """Add the sampled token; return True when the sequence is finished."""
-        token = sampled.token_id
         seq.token_ids.append(token)
-        if sampled.logprobs is not None and seq.logprobs is not None:
-            seq.logprobs.append(sampled.logprobs)
-            seq.cumulative_logprob += sampled.logprobs[token]
+        if logprobs is not None and seq.logprobs is not None:
+            seq.logprobs.append(logprobs)
+            seq.cumulative_logprob += logprobs[token]
         params = seq.params
         if not params.ignore_eos and token in self.eos_ids[seq.model]:
             seq.finish_reason = "stop"
@@ -288,9 +305,7 @@ class LLMEngine:
             seq.finish_reason, seq.stop_reason = "stop", token
         elif (stop := seq.detok.add(token)) is not None:
             seq.finish_reason, seq.stop_reason = "stop", stop
-        elif params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
-            seq.finish_reason = "length"
-        elif len(seq) >= self.max_model_len[seq.model]:
+        elif len(seq.token_ids) >= seq.max_len:  # max_tokens or the model's context
             seq.finish_reason = "length"
         return seq.finish_reason is not None
 

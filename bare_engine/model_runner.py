@@ -1,20 +1,24 @@
-"""Runs one model: loads its weights, turns a scheduled batch into tensors, runs the forward pass and samples."""
+"""Runs one model: loads its weights, turns a scheduled batch into tensors, runs the forward pass and samples.
+
+The batch's inputs come from the model's InputBatch (persistent per-row state, one flat
+host buffer per step, see input_batch.py) and reach the device in one copy."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from bare_engine.attention import AttentionBackend, AttentionMetadata
+from bare_engine.attention import AttentionBackend
 from bare_engine.config import ModelConfig
 from bare_engine.cuda_graphs import DecodeGraphs
 from bare_engine.loader import TensorHook, load_weights
 from bare_engine.model import CausalLM
-from bare_engine.sampler import Sampled, Sampler
+from bare_engine.input_batch import InputBatch
+from bare_engine.sampler import Sampler
 from bare_engine.scheduler import ScheduledBatch
 from bare_engine.sequence import Sequence
 
@@ -30,12 +34,10 @@ class ModelStats:
 
 
 @dataclass
-class StepInputs:
-    input_ids: torch.Tensor
-    positions: torch.Tensor
-    meta: AttentionMetadata
-    logits_indices: torch.Tensor  # rows of the hidden states whose next token is sampled
-    sampling_seqs: list[Sequence] = field(default_factory=list)
+class StepResult:
+    seqs: list[Sequence]  # sequences that got a token this step, in batch order
+    token_ids: list[int]
+    logprobs: list[dict[int, float] | None] | None = None
 
 
 class ModelRunner:
@@ -63,7 +65,10 @@ class ModelRunner:
         model.rotary.to(torch.float32)  # cos/sin tables stay float32, cast per use
         load_weights(model, weights_dir, weight_hook)
         self.model = model.eval()
+        self.max_model_len = max_model_len
+        self.max_num_seqs = max_num_seqs
         self.sampler = Sampler(config.vocab_size, max_num_seqs, device, sampler_backend)
+        self.input_batch: InputBatch | None = None  # created with the cache, when the block size is known
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.block_size = 0
         self.graphs: DecodeGraphs | None = None
@@ -72,6 +77,9 @@ class ModelRunner:
     def bind_cache(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], block_size: int) -> None:
         self.kv_caches = kv_caches
         self.block_size = block_size
+        max_blocks = -(-self.max_model_len // block_size)
+        self.input_batch = InputBatch(self.max_num_seqs, max_blocks, block_size, pin=self.device.type == "cuda")
+        self.input_batch.on_assign = self.sampler.add_row
 
     def capture_graphs(self, batch_sizes: list[int], max_model_len: int) -> None:
         """Capture decode CUDA graphs; on failure log why and stay eager (never worse than no graphs)."""
@@ -87,65 +95,27 @@ class ModelRunner:
             logger.warning("CUDA graph capture failed for %s, running eagerly: %s", self.name, exc)
             self.graphs = None
 
+    def release(self, seq: Sequence) -> None:
+        """The sequence left the running set: free its row."""
+        self.input_batch.release(seq)
+
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> dict[int, Sampled]:
-        """One forward pass; returns the sampled token of each sequence that reached its end, by seq_id."""
+    def run(self, batch: ScheduledBatch) -> StepResult:
+        """One forward pass; returns the sampled token of each sequence that reached its end."""
         start = time.perf_counter()
-        inputs = self.prepare(batch)
+        step = self.input_batch.prepare(batch)
+        inputs = self.input_batch.to_device(step.inputs, self.device)
         if self.graphs is not None and self.graphs.fits(inputs.meta, len(inputs.input_ids)):
             hidden = self.graphs.run(inputs.input_ids, inputs.positions, inputs.meta)
         else:
             hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, self.backend, inputs.meta)
-        sampled: dict[int, Sampled] = {}
-        if inputs.sampling_seqs:
+        result = StepResult([], [])
+        if step.sampled_seqs:
             logits = self.model.compute_logits(hidden[inputs.logits_indices])
-            results = self.sampler(logits, inputs.sampling_seqs)
-            sampled = {seq.seq_id: r for seq, r in zip(inputs.sampling_seqs, results)}
-        self._count(batch, len(sampled), time.perf_counter() - start)
-        return sampled
-
-    def _count(self, batch: ScheduledBatch, num_sampled: int, seconds: float) -> None:
-        prefill = sum(
-            max(0, min(seq.num_prompt_tokens - seq.num_computed_tokens, n))
-            for seq, n in zip(batch.seqs, batch.num_new_tokens)
-        )
-        self.stats.prompt_tokens += prefill
-        self.stats.generated_tokens += num_sampled
+            out = self.sampler(logits, step.sampled_seqs, step.sampled_rows, step.sampled_lens)
+            result = StepResult(step.sampled_seqs, out.token_ids, out.logprobs)
+        self.stats.prompt_tokens += step.num_prompt_tokens
+        self.stats.generated_tokens += len(result.seqs)
         self.stats.steps += 1
-        self.stats.busy_seconds += seconds
-
-    def prepare(self, batch: ScheduledBatch) -> StepInputs:
-        bs = self.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        cu_seqlens = [0]
-        context_lens: list[int] = []
-        logits_indices: list[int] = []
-        sampling: list[Sequence] = []
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
-            input_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
-            table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            cu_seqlens.append(cu_seqlens[-1] + n)
-            context_lens.append(end)
-            if end == len(seq):
-                logits_indices.append(cu_seqlens[-1] - 1)
-                sampling.append(seq)
-        max_blocks = max(len(s.block_table) for s in batch.seqs)
-        tables = [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in batch.seqs]
-
-        def tensor(values, dtype=torch.int64):
-            return torch.tensor(values, dtype=dtype, device=self.device)
-
-        meta = AttentionMetadata(
-            slot_mapping=tensor(slots),
-            block_tables=tensor(tables, torch.int32),
-            context_lens=tensor(context_lens, torch.int32),
-            cu_seqlens_q=tensor(cu_seqlens, torch.int32),
-            max_query_len=max(batch.num_new_tokens),
-            max_context_len=max(context_lens),
-        )
-        return StepInputs(tensor(input_ids), tensor(positions), meta, tensor(logits_indices), sampling)
+        self.stats.busy_seconds += time.perf_counter() - start
+        return result

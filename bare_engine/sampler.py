@@ -1,27 +1,56 @@
-"""The engine side of sampling: per-sequence parameters in, one token per sequence out.
+"""The engine side of sampling: per-row parameters in, one token per sequence out.
 
 The maths lives in ``kernels/sampling.py`` (Triton) and ``kernels/sampling_ref.py``
 (torch, same semantics). ``backend="auto"`` uses Triton on CUDA and the torch
 reference elsewhere: Triton's CPU interpreter runs the kernels (the tests force it
-with ``backend="triton"``) but is far too slow for a generation loop. This module packs the batch's parameters into tensors and
-keeps each model's penalty statistics on the device.
+with ``backend="triton"``) but is far too slow for a generation loop.
+
+Per-request parameters live in preallocated per-row columns (the rows of the model's
+InputBatch), written once when a sequence takes a row; a step gathers the batch's rows
+with one numpy index per column group. A new per-row parameter is one more entry of
+``COLUMNS``. The penalty statistics are kept on the device, one slot per row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from bare_engine.attention import triton_usable
 from bare_engine.errors import ConfigError
 from bare_engine.sequence import Sequence
 
+# Per-row sampling parameters: name -> (dtype, value for a sequence). Float columns travel to the
+# device as one float32 array, integer columns as one int64 array.
+COLUMNS = {
+    "temperature": (np.float32, lambda s: s.params.temperature),
+    "top_p": (np.float32, lambda s: s.params.top_p),
+    "min_p": (np.float32, lambda s: s.params.min_p),
+    "repetition_penalty": (np.float32, lambda s: s.params.repetition_penalty),
+    "presence_penalty": (np.float32, lambda s: s.params.presence_penalty),
+    "frequency_penalty": (np.float32, lambda s: s.params.frequency_penalty),
+    "top_k": (np.int64, lambda s: s.params.top_k),
+    "seed": (np.int64, lambda s: s.seed),
+}
+FLOAT_COLUMNS = [n for n, (t, _) in COLUMNS.items() if t == np.float32]
+INT_COLUMNS = [n for n, (t, _) in COLUMNS.items() if t == np.int64]
+
+
+def needs_full_sampler(seq: Sequence) -> bool:
+    """False for rows a plain argmax serves (greedy, nothing else asked)."""
+    p = seq.params
+    return not (
+        p.greedy and not p.uses_penalties and p.logprobs is None and p.logit_bias is None
+        and p.allowed_token_ids is None and seq.trie is None
+    )
+
 
 @dataclass
-class Sampled:
-    token_id: int
-    logprobs: dict[int, float] | None = None  # chosen token and the top-n, when asked
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: list[dict[int, float] | None] | None = None  # per row: chosen token and the top-n, when asked
 
 
 class Sampler:
@@ -34,7 +63,12 @@ class Sampler:
         self.max_rows = max_rows
         self.device = device
         self.penalties = None  # PenaltyState, created when the first request needs penalties
-        self.free_rows = list(range(max_rows))
+        self.columns = {name: np.zeros(max_rows, dtype) for name, (dtype, _) in COLUMNS.items()}
+        self.prompt_len = np.zeros(max_rows, np.int64)
+        self.num_logprobs = np.full(max_rows, -1, np.int64)  # -1: no logprobs
+        self.full = np.zeros(max_rows, bool)  # row needs more than argmax
+        self.uses_penalties = np.zeros(max_rows, bool)
+        self.penalty_ready = np.zeros(max_rows, bool)  # the row's PenaltyState slot holds this sequence
 
     @property
     def impl(self):
@@ -47,66 +81,54 @@ class Sampler:
             self._impl = impl
         return self._impl
 
-    def release(self, seq: Sequence) -> None:
-        if seq.sampler_row is not None:
-            self.free_rows.append(seq.sampler_row)
-            seq.sampler_row = None
+    def add_row(self, row: int, seq: Sequence) -> None:
+        """A sequence took ``row``: write its parameters."""
+        for name, (_, value) in COLUMNS.items():
+            self.columns[name][row] = value(seq)
+        self.prompt_len[row] = seq.num_prompt_tokens
+        self.num_logprobs[row] = -1 if seq.params.logprobs is None else seq.params.logprobs
+        self.full[row] = needs_full_sampler(seq)
+        self.uses_penalties[row] = seq.params.uses_penalties
+        self.penalty_ready[row] = False
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[Sampled]:
-        if self._plain_greedy(seqs):
-            return [Sampled(t) for t in logits.argmax(dim=-1).tolist()]
-        if self.penalties is None and any(s.params.uses_penalties for s in seqs):
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence], rows: np.ndarray, lens: np.ndarray) -> SamplerOutput:
+        """Sample the next token of each sequence; ``rows`` are their rows, ``lens`` their lengths."""
+        if self.penalties is None and not self.full[rows].any():
+            return SamplerOutput(logits.argmax(dim=-1).tolist())
+        if self.penalties is None and self.uses_penalties[rows].any():
             self.penalties = self.impl.PenaltyState(self.max_rows, self.vocab_size, self.device)
-        params = self._pack(seqs)
-        num_logprobs = max((s.params.logprobs for s in seqs if s.params.logprobs is not None), default=None)
+        params = self._pack(seqs, rows, lens)
+        num_logprobs = int(self.num_logprobs[rows].max())
+        num_logprobs = None if num_logprobs < 0 else num_logprobs
         # SamplingParams were validated when the request arrived; skip the kernel's host-syncing check.
         result = self.impl.sample(logits, params, self.penalties, num_logprobs, validate=False)
         if self.penalties is not None:
             self.penalties.add_tokens(params.penalty_rows, result.token_ids)
-        return self._unpack(result, seqs)
+        return self._unpack(result, rows)
 
-    def _plain_greedy(self, seqs: list[Sequence]) -> bool:
-        # argmax needs none of the machinery; once penalty state exists every row must be tracked.
-        return self.penalties is None and all(
-            s.params.greedy
-            and not s.params.uses_penalties
-            and s.params.logprobs is None
-            and s.params.logit_bias is None
-            and s.params.allowed_token_ids is None
-            and s.trie is None
-            for s in seqs
-        )
-
-    def _pack(self, seqs: list[Sequence]):
+    def _pack(self, seqs: list[Sequence], rows: np.ndarray, lens: np.ndarray):
         dev = self.device
-
-        def column(values, dtype):
-            return torch.tensor(values, dtype=dtype, device=dev)
-
-        p = [s.params for s in seqs]
+        floats = torch.from_numpy(np.stack([self.columns[n][rows] for n in FLOAT_COLUMNS])).to(dev)
+        position = lens - self.prompt_len[rows]
+        ints = torch.from_numpy(np.stack([self.columns[n][rows] for n in INT_COLUMNS] + [position])).to(dev)
+        f = dict(zip(FLOAT_COLUMNS, floats))
+        i = dict(zip(INT_COLUMNS + ["position"], ints))
         return self.impl.SamplingTensors(
-            temperature=column([x.temperature for x in p], torch.float32),
-            top_k=column([x.top_k for x in p], torch.int32),
-            top_p=column([x.top_p for x in p], torch.float32),
-            min_p=column([x.min_p for x in p], torch.float32),
-            repetition_penalty=column([x.repetition_penalty for x in p], torch.float32),
-            presence_penalty=column([x.presence_penalty for x in p], torch.float32),
-            frequency_penalty=column([x.frequency_penalty for x in p], torch.float32),
-            seed=column([s.seed for s in seqs], torch.int64),
-            position=column([s.num_output_tokens for s in seqs], torch.int64),
-            penalty_rows=self._penalty_rows(seqs) if self.penalties is not None else None,
+            top_k=i.pop("top_k").to(torch.int32),
+            **f, **i,
+            penalty_rows=self._penalty_rows(seqs, rows) if self.penalties is not None else None,
             logit_bias=self._logit_bias(seqs),
             allowed_mask=self._allowed_mask(seqs),
         )
 
-    def _penalty_rows(self, seqs: list[Sequence]) -> torch.Tensor:
-        for seq in seqs:
-            if seq.sampler_row is None:
-                seq.sampler_row = self.free_rows.pop()
-                prompt = torch.tensor(seq.token_ids[: seq.num_prompt_tokens], dtype=torch.int64, device=self.device)
-                output = torch.tensor(seq.output_token_ids, dtype=torch.int64, device=self.device)
-                self.penalties.reset_row(seq.sampler_row, prompt, output)
-        return torch.tensor([s.sampler_row for s in seqs], dtype=torch.int64, device=self.device)
+    def _penalty_rows(self, seqs: list[Sequence], rows: np.ndarray) -> torch.Tensor:
+        for i in np.flatnonzero(~self.penalty_ready[rows]):
+            seq, row = seqs[i], int(rows[i])
+            prompt = torch.tensor(seq.token_ids[: seq.num_prompt_tokens], dtype=torch.int64, device=self.device)
+            output = torch.tensor(seq.output_token_ids, dtype=torch.int64, device=self.device)
+            self.penalties.reset_row(row, prompt, output)
+            self.penalty_ready[row] = True
+        return torch.from_numpy(rows).to(self.device)
 
     def _logit_bias(self, seqs: list[Sequence]) -> torch.Tensor | None:
         if all(s.params.logit_bias is None for s in seqs):
@@ -132,21 +154,22 @@ class Sampler:
                 mask[row] &= allowed
         return mask.to(self.device)
 
-    @staticmethod
-    def _unpack(result, seqs: list[Sequence]) -> list[Sampled]:
+    def _unpack(self, result, rows: np.ndarray) -> SamplerOutput:
         tokens = result.token_ids.tolist()
         if result.logprobs is None:
-            return [Sampled(t) for t in tokens]
+            return SamplerOutput(tokens)
         chosen = result.logprobs.tolist()
-        top_ids = result.top_ids.tolist() if result.top_ids is not None else [[] for _ in seqs]
-        top_lps = result.top_logprobs.tolist() if result.top_logprobs is not None else [[] for _ in seqs]
-        out = []
-        for row, seq in enumerate(seqs):
-            if seq.params.logprobs is None:
-                out.append(Sampled(tokens[row]))
+        num_top = self.num_logprobs[rows].tolist()
+        top_ids = result.top_ids.tolist() if result.top_ids is not None else None
+        top_lps = result.top_logprobs.tolist() if result.top_logprobs is not None else None
+        out: list[dict[int, float] | None] = []
+        for i, n in enumerate(num_top):
+            if n < 0:
+                out.append(None)
                 continue
-            n = seq.params.logprobs
-            entry = {t: lp for t, lp in zip(top_ids[row][:n], top_lps[row][:n]) if t >= 0}  # -1 pads short rows
-            entry[tokens[row]] = chosen[row]
-            out.append(Sampled(tokens[row], entry))
-        return out
+            entry = {}
+            if n > 0:
+                entry = {t: lp for t, lp in zip(top_ids[i][:n], top_lps[i][:n]) if t >= 0}  # -1 pads short rows
+            entry[tokens[i]] = chosen[i]
+            out.append(entry)
+        return SamplerOutput(tokens, out)

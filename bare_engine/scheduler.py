@@ -42,7 +42,9 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: dict[str, list[Sequence]] = {m: [] for m in pools}
-        self.running: dict[str, list[Sequence]] = {m: [] for m in pools}
+        # Running sequences of each model as an ordered set (dict keys), oldest arrival first.
+        self.running: dict[str, dict[Sequence, None]] = {m: {} for m in pools}
+        self._unsorted: set[str] = set()  # models whose running set lost arrival order (a re-admission)
         self.num_preemptions = 0
         self.on_release: Callable[[Sequence], None] | None = None  # called when a sequence leaves running
 
@@ -66,26 +68,56 @@ class Scheduler:
 
     def _schedule_running(self, model: str, batch: ScheduledBatch) -> int:
         pool = self.pools[model]
-        running = self.running[model]
+        running = self._running_by_arrival(model)
         budget = self.max_num_batched_tokens
         # Decodes first so a long prompt chunk never delays them.
-        order = sorted(running, key=lambda s: (s.num_uncomputed_tokens > 1, s.arrival))
-        for seq in order:
-            if budget == 0 or seq.status != SequenceStatus.RUNNING:
-                continue
-            num_tokens = min(seq.num_uncomputed_tokens, budget)
-            target = seq.num_computed_tokens + num_tokens
-            while not pool.can_grow(seq, target):
-                victim = max((s for s in running if s not in batch.seqs or s is seq), key=lambda s: s.arrival)
-                self.preempt(victim)
-                if victim is seq:
-                    break
+        decodes, chunks = [], []
+        for seq in running:
+            (decodes if len(seq.token_ids) - seq.num_computed_tokens == 1 else chunks).append(seq)
+        scheduled: set[Sequence] = set()
+        capacity = pool.block_size
+        for seq in decodes + chunks:
+            if budget == 0:
+                break
             if seq.status != SequenceStatus.RUNNING:
                 continue
-            pool.grow(seq, target)
+            num_tokens = min(len(seq.token_ids) - seq.num_computed_tokens, budget)
+            target = seq.num_computed_tokens + num_tokens
+            if target > len(seq.block_table) * capacity:  # needs a new block
+                while not pool.can_grow(seq, target):
+                    victim = self._victim(running, seq, scheduled)
+                    self.preempt(victim)
+                    if victim is seq:
+                        break
+                if seq.status != SequenceStatus.RUNNING:
+                    continue
+                pool.grow(seq, target)
             batch.add(seq, num_tokens)
+            scheduled.add(seq)
             budget -= num_tokens
         return budget
+
+    @staticmethod
+    def _victim(running: dict[Sequence, None], seq: Sequence, scheduled: set[Sequence]) -> Sequence:
+        """The newest running sequence not yet scheduled this step (or ``seq`` itself); among
+        equal arrivals (a request's samples) the first admitted."""
+        victim = None
+        for s in reversed(running):
+            if s is not seq and s in scheduled:
+                continue
+            if victim is not None and s.arrival != victim.arrival:
+                break
+            victim = s
+        return victim
+
+    def _running_by_arrival(self, model: str) -> dict[Sequence, None]:
+        running = self.running[model]
+        if model in self._unsorted:
+            ordered = sorted(running, key=lambda s: s.arrival)
+            running.clear()
+            running.update(dict.fromkeys(ordered))
+            self._unsorted.discard(model)
+        return running
 
     def _admit_waiting(self, model: str, batch: ScheduledBatch, budget: int) -> None:
         pool = self.pools[model]
@@ -102,7 +134,9 @@ class Scheduler:
             pool.take_prefix(seq, hits)
             pool.grow(seq, cached + num_tokens)
             seq.status = SequenceStatus.RUNNING
-            running.append(seq)
+            if running and seq.arrival < next(reversed(running)).arrival:
+                self._unsorted.add(model)
+            running[seq] = None
             batch.add(seq, num_tokens)
             budget -= num_tokens
 
@@ -131,14 +165,14 @@ class Scheduler:
         self.add(seq)
 
     def _release(self, seq: Sequence) -> None:
-        self.running[seq.model].remove(seq)
+        del self.running[seq.model][seq]
         self.pools[seq.model].free(seq)
         if self.on_release is not None:
             self.on_release(seq)
 
     def finish(self, seq: Sequence) -> None:
         """Remove a finished or aborted sequence and release its blocks."""
-        if seq in self.running[seq.model]:
+        if seq.status == SequenceStatus.RUNNING:
             self._release(seq)
         elif seq in self.waiting[seq.model]:
             self.waiting[seq.model].remove(seq)

@@ -37,7 +37,10 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.block_table: list[int] = []
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
-        self.sampler_row: int | None = None  # row in the model's penalty state while running
+        self.row: int | None = None  # row in the model's InputBatch (and sampler state) while running
+        self.num_hashed_blocks = 0  # leading full blocks whose prefix-cache hash is known
+        self.last_block_hash: int | None = None  # chained hash of the last of them
+        self.max_len = 1 << 62  # total length at which it stops (max_tokens / context), set by the engine
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
         self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
