@@ -109,6 +109,29 @@ def bench(workload, num_requests, preset, no_baseline, out_dir, **kwargs):
     click.echo(f"wrote {path}")
 
 
+@main.command()
+@click.option("--base", type=click.Path(), default=None, help="Base model directory, served as 'base'.")
+@click.option("--instruct", type=click.Path(), default=None, help="Instruct model directory, served as 'instruct'.")
+@click.option("--model", "named_models", multiple=True, metavar="NAME=DIR", help="Serve DIR as NAME; repeatable.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True, help="0 picks a free port (printed at start).")
+@click.option("--api-key", default=None, envvar="BARE_ENGINE_API_KEY",
+              help="Require 'Authorization: Bearer KEY' on /v1 routes.")
+@click.option("--max-waiting", type=int, default=256, show_default=True,
+              help="Waiting sequences allowed; past it new requests get a 503.")
+@click.option("--shutdown-timeout", type=float, default=30.0, show_default=True,
+              help="Seconds in-flight requests get to finish on SIGTERM before they are aborted.")
+@click.option("--log-level", default="info", show_default=True, help="uvicorn's log level.")
+@engine_options
+def serve(base, instruct, named_models, host, port, api_key, max_waiting, shutdown_timeout, log_level, **kwargs):
+    """OpenAI-compatible server (/v1/completions, /v1/chat/completions); with no model flags, the demo pair."""
+    from bare_engine.serve.server import model_dirs, run_server
+
+    config = engine_config_from(kwargs)
+    run_server(model_dirs(base, instruct, named_models), config, host, port, api_key, max_waiting,
+               shutdown_timeout, log_level)
+
+
 def _register_feature_commands() -> None:
     """Commands that live beside their feature's code."""
     from bare_engine.eval.cli import eval_command, export_command

@@ -1,0 +1,115 @@
+"""POST /v1/completions and /v1/chat/completions: validate, submit, answer or stream."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from bare_engine.serve import responses
+from bare_engine.serve.generation import ClientDisconnected, Generation
+from bare_engine.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse_body
+from bare_engine.serve.streaming import SSE_DONE, sse
+
+CLIENT_CLOSED = 499  # nginx's status for a request whose client went away (never seen by the client)
+
+
+class AbortingStream(StreamingResponse):
+    """A streamed response that aborts its engine requests however it ends (done, disconnect, cancel)."""
+
+    def __init__(self, generation: Generation, content):
+        super().__init__(content, media_type="text/event-stream")
+        self.generation = generation
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.generation.abort_open()
+
+
+async def completion(state, request: Request) -> Response:
+    body = parse_body(await request.body(), CompletionRequest)
+    model = state.model(body.model)
+    prompts = [model.encode(p) for p in body.prompts()]
+    for ids in prompts:
+        model.check_length(len(ids), body.max_tokens)
+    params = body.sampling_params(body.max_tokens, body.logprobs)
+    generation = Generation(state.engine_loop, model, prompts, params, body.stream, "cmpl")
+    generation.submit()
+    created = int(time.time())
+    try:
+        if body.stream:
+            first = await generation.first_event(request)
+            chunk = lambda choices, usage=None: responses.completion_chunk(  # noqa: E731
+                generation.id, model.name, created, choices, usage)
+            return AbortingStream(generation, _completion_stream(generation, first, chunk, body))
+        outputs = await generation.results(request)
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED)
+    choices = []
+    for out in outputs:
+        for c in out.outputs:
+            logprobs = responses.completion_logprobs(model.tokenizer, c) if body.logprobs is not None else None
+            choices.append(responses.completion_choice(len(choices), c.text, c.finish_reason, c.stop_reason, logprobs))
+    return JSONResponse(responses.completion(generation.id, model.name, created, choices, _usage(generation)))
+
+
+async def _completion_stream(generation: Generation, first, chunk, body):
+    try:
+        async for d in generation.deltas(first):
+            yield sse(chunk([responses.completion_choice(d.index, d.text, d.finish_reason, d.stop_reason)]))
+    except APIError as exc:  # after the headers went out, an error is an event of its own
+        yield sse(exc.body())
+    else:
+        if body.stream_options and body.stream_options.include_usage:
+            yield sse(chunk([], _usage(generation)))
+    yield SSE_DONE
+
+
+async def chat_completion(state, request: Request) -> Response:
+    body = parse_body(await request.body(), ChatCompletionRequest)
+    model = state.model(body.model)
+    ids = model.encode_chat(body.chat_messages(), body.add_generation_prompt)
+    model.check_length(len(ids), body.max_new_tokens())
+    num_top = body.num_logprobs()
+    params = body.sampling_params(body.max_new_tokens(), num_top)
+    generation = Generation(state.engine_loop, model, [ids], params, body.stream, "chatcmpl")
+    generation.submit()
+    created = int(time.time())
+    try:
+        if body.stream:
+            first = await generation.first_event(request)
+            chunk = lambda choices, usage=None: responses.chat_chunk(  # noqa: E731
+                generation.id, model.name, created, choices, usage)
+            return AbortingStream(generation, _chat_stream(generation, first, chunk, body))
+        [out] = await generation.results(request)
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED)
+    choices = [
+        responses.chat_choice(c.index, c.text, c.finish_reason, c.stop_reason,
+                              responses.chat_logprobs(model.tokenizer, c, num_top) if num_top is not None else None)
+        for c in out.outputs
+    ]
+    return JSONResponse(responses.chat_completion(generation.id, model.name, created, choices, _usage(generation)))
+
+
+async def _chat_stream(generation: Generation, first, chunk, body):
+    yield sse(chunk([responses.chat_delta(i, {"role": "assistant", "content": ""}) for i in range(body.n)]))
+    try:
+        async for d in generation.deltas(first):
+            if d.text:
+                yield sse(chunk([responses.chat_delta(d.index, {"content": d.text})]))
+            if d.finish_reason is not None:
+                yield sse(chunk([responses.chat_delta(d.index, {}, d.finish_reason, d.stop_reason)]))
+    except APIError as exc:
+        yield sse(exc.body())
+    else:
+        if body.stream_options and body.stream_options.include_usage:
+            yield sse(chunk([], _usage(generation)))
+    yield SSE_DONE
+
+
+def _usage(generation: Generation) -> dict:
+    return responses.usage(generation.num_prompt_tokens, generation.num_completion_tokens)

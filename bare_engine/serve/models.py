@@ -1,0 +1,56 @@
+"""A served model as the HTTP side sees it: name, context length and its own tokenizer copy.
+
+The copy keeps the asyncio thread's tokenization and stream detokenization off the
+tokenizer object the engine loop thread uses.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+from bare_engine.serve import engine_view
+from bare_engine.serve.protocol import APIError, bad_request
+
+
+@dataclass
+class ServedModel:
+    name: str
+    tokenizer: object
+    max_model_len: int
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def from_engine(cls, engine, name: str) -> "ServedModel":
+        return cls(name, copy.deepcopy(engine.tokenizer(name)), engine_view.max_model_len(engine, name))
+
+    def card(self) -> dict:
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "bare-engine",
+                "root": self.name, "max_model_len": self.max_model_len}
+
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        """Token ids of a completions prompt, tokenized as the engine tokenizes a string prompt."""
+        return list(prompt) if isinstance(prompt, list) else list(self.tokenizer(prompt).input_ids)
+
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise bad_request(f"model {self.name!r} has no chat template; use /v1/completions", param="model")
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+        except Exception as exc:  # the template rejects these messages (jinja raise_exception, ...)
+            raise bad_request(f"the chat template rejected the messages: {exc}", param="messages") from None
+        # The rendered text already holds whatever special tokens the template wants.
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def check_length(self, num_prompt_tokens: int, max_tokens: int | None) -> None:
+        limit = self.max_model_len
+        if num_prompt_tokens >= limit or (max_tokens is not None and num_prompt_tokens + max_tokens > limit):
+            asked = num_prompt_tokens + (max_tokens or 1)
+            raise APIError(
+                400,
+                f"This model's maximum context length is {limit} tokens. However, you requested {asked} tokens "
+                f"({num_prompt_tokens} in the prompt, {max_tokens or 1} for the completion).",
+                param="max_tokens" if num_prompt_tokens < limit else "prompt", code="context_length_exceeded",
+            )

@@ -1,0 +1,209 @@
+"""Request bodies of /v1/completions and /v1/chat/completions, as OpenAI and vLLM define them.
+
+Parsing never raises anything but ``APIError``: a client's mistake is a 4xx with OpenAI's error
+body, never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from bare_engine.errors import InvalidSamplingParamsError
+from bare_engine.sampling_params import SamplingParams
+
+
+class APIError(Exception):
+    """An error answered as ``{"error": {"message", "type", "param", "code"}}`` with an HTTP status."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _SamplingFields(BaseModel):
+    """Fields both endpoints share: OpenAI's, then vLLM's extras."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr
+    n: int = 1
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # vLLM extras
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    ignore_eos: bool = False
+    stop_token_ids: list[StrictInt] | None = None
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+
+    def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+        values = dict(
+            n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty, seed=self.seed,
+        )
+        values = {k: v for k, v in values.items() if v is not None}  # null means the default
+        try:
+            return SamplingParams(
+                **values, max_tokens=max_tokens, stop=self.stop, stop_token_ids=self.stop_token_ids,
+                include_stop_str_in_output=self.include_stop_str_in_output, ignore_eos=self.ignore_eos,
+                logprobs=logprobs, logit_bias=self._logit_bias(), skip_special_tokens=self.skip_special_tokens,
+            )
+        except InvalidSamplingParamsError as exc:
+            raise bad_request(str(exc), param=_named_param(str(exc))) from None
+
+    def _logit_bias(self) -> dict[int, float] | None:
+        if self.logit_bias is None:
+            return None
+        try:
+            return {int(k): v for k, v in self.logit_bias.items()}
+        except ValueError:
+            raise bad_request(f"logit_bias keys must be token ids, got {list(self.logit_bias)!r}",
+                              param="logit_bias") from None
+
+    def check_stream_fields(self) -> None:
+        if self.stream_options is not None and not self.stream:
+            raise bad_request("stream_options is only allowed with stream: true", param="stream_options")
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    max_tokens: int | None = 16
+    logprobs: int | None = None
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def prompts(self) -> list[str | list[int]]:
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            prompts = [prompt]
+        elif prompt and all(isinstance(t, int) for t in prompt):
+            prompts = [prompt]
+        else:
+            prompts = list(prompt)
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise bad_request("prompt must not be empty", param="prompt")
+        return prompts
+
+    def check_unsupported(self) -> None:
+        if self.echo:
+            raise bad_request("echo is not supported", param="echo")
+        if self.suffix:
+            raise bad_request("suffix is not supported", param="suffix")
+        if self.best_of is not None and self.best_of != self.n:
+            raise bad_request(f"best_of must equal n (got best_of {self.best_of}, n {self.n})", param="best_of")
+        if self.stream and self.logprobs is not None:
+            raise bad_request("logprobs with stream is not supported", param="logprobs")
+        self.check_stream_fields()
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    add_generation_prompt: bool = True  # vLLM extra
+
+    def max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def num_logprobs(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def chat_messages(self) -> list[dict]:
+        return [{"role": m.role, "content": m.text()} for m in self.messages]
+
+    def check_unsupported(self) -> None:
+        if self.tools or self.tool_choice not in (None, "none"):
+            raise bad_request("tools are not supported", param="tools")
+        if self.response_format is not None and self.response_format.get("type") != "text":
+            raise bad_request("response_format other than text is not supported", param="response_format")
+        if self.stream and self.logprobs:
+            raise bad_request("logprobs with stream is not supported", param="logprobs")
+        self.check_stream_fields()
+
+
+def parse_body(raw: bytes, model_cls: type[BaseModel]):
+    """The request body as ``model_cls``; invalid JSON or a bad field is a 400 naming the field."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_request(f"invalid JSON body: {exc}") from None
+    if not isinstance(data, dict):
+        raise bad_request(f"the body must be a JSON object, got {type(data).__name__}")
+    try:
+        request = model_cls.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = _param_of(first["loc"])
+        given = f" (got {first['input']!r})" if first["type"] != "missing" else ""
+        raise bad_request(f"{param}: {first['msg']}{given}", param=param) from None
+    request.check_unsupported()
+    return request
+
+
+def _param_of(loc: tuple) -> str | None:
+    """The field path of a pydantic error, up to the first union member tag (``str``, ``list[int]``)."""
+    parts = []
+    for part in loc:
+        if isinstance(part, str) and (part in ("str", "int", "bool", "float") or "[" in part or "-" in part):
+            break
+        parts.append(str(part))
+    return ".".join(parts) or None
+
+
+def _named_param(message: str) -> str | None:
+    """The field an InvalidSamplingParamsError names: '... parameter: top_p must be ...' -> 'top_p'."""
+    tail = message.split(": ", 1)[-1]
+    name = tail.split(" ", 1)[0]
+    return name if name.isidentifier() else None
