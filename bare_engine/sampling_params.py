@@ -39,6 +39,12 @@ class SamplingParams:
     # Constrain the output to exactly one of these token sequences (see constraints.py).
     allowed_token_sequences: list[list[int]] | None = None
     skip_special_tokens: bool = True
+    # Per-request rules on the raw logits, vLLM's fn(output_ids, logits) or fn(prompt_ids, output_ids,
+    # logits); callables or "module:function" (see logits_processors.py). Run before penalties.
+    logits_processors: list | None = None
+    # Named sampling steps and their per-request value, run in this order after temperature,
+    # e.g. {"top_n_sigma": 1.0} (see sampling_steps.py).
+    sampling_steps: dict[str, float] | None = None
     stop_strings: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -95,3 +101,11 @@ class SamplingParams:
             not self.allowed_token_sequences or any(len(s) == 0 for s in self.allowed_token_sequences)
         ):
             bad("allowed_token_sequences must be a non-empty list of non-empty token lists")
+        if self.logits_processors is not None:  # "module:function" names become the functions
+            from bare_engine.logits_processors import resolve_processors
+
+            self.logits_processors = resolve_processors(self.logits_processors)
+        if self.sampling_steps is not None:
+            from bare_engine.sampling_steps import validate_steps
+
+            validate_steps(self.sampling_steps)

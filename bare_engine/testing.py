@@ -1,7 +1,8 @@
 """Tiny random Hugging Face checkpoints and tokenizers, built offline, for tests and benchmarks.
 
 Every model is a real `save_pretrained` safetensors checkpoint made by transformers,
-so the engine loads exactly what users' checkpoints look like.
+so the engine loads exactly what users' checkpoints look like. ``check_sampling_step``
+(from ``step_checks.py``) is the test harness for sampling steps.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import functools
 from pathlib import Path
 
 import torch
+
+from bare_engine.step_checks import StepReport, check_sampling_step  # noqa: F401  (harness for sampling steps)
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
