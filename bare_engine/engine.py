@@ -240,6 +240,8 @@ class LLMEngine:
 
     def _check_token_ids(self, model: str, token_ids, what: str) -> None:
         vocab = self.runners[model].config.vocab_size
+        if not token_ids or (set(map(type, token_ids)) <= {int} and min(token_ids) >= 0 and max(token_ids) < vocab):
+            return  # the common case, checked at C speed
         bad = next((t for t in token_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
         if bad is not None:
             raise InvalidRequestError(f"{what} token id {bad!r} is outside the vocabulary of {model} (size {vocab})")
@@ -280,23 +282,23 @@ class LLMEngine:
         result = self.runners[model].run(batch)
         self.scheduler.after_step(batch)
         finished_requests = []
-        logprobs = result.logprobs
+        eos_ids, logprobs = self.eos_ids[model], result.logprobs
         for i, (seq, token) in enumerate(zip(result.seqs, result.token_ids)):
-            if self._append(seq, token, logprobs[i] if logprobs is not None else None):
+            if self._append(seq, token, logprobs[i] if logprobs is not None else None, eos_ids):
                 self.scheduler.finish(seq)
                 request = self.requests[seq.request_id]
                 if all(s.is_finished for s in request.seqs):
                     finished_requests.append(self._output(self.requests.pop(seq.request_id)))
         return finished_requests
 
-    def _append(self, seq: Sequence, token: int, logprobs: dict[int, float] | None) -> bool:
+    def _append(self, seq: Sequence, token: int, logprobs: dict[int, float] | None, eos_ids: set[int]) -> bool:
         """Add the sampled token; return True when the sequence is finished."""
         seq.token_ids.append(token)
         if logprobs is not None and seq.logprobs is not None:
             seq.logprobs.append(logprobs)
             seq.cumulative_logprob += logprobs[token]
         params = seq.params
-        if not params.ignore_eos and token in self.eos_ids[seq.model]:
+        if not params.ignore_eos and token in eos_ids:
             seq.finish_reason = "stop"
         elif seq.trie is not None and seq.trie.is_complete(seq.output_token_ids):
             seq.detok.add(token)

@@ -111,8 +111,8 @@ class Sampler:
         floats = torch.from_numpy(np.stack([self.columns[n][rows] for n in FLOAT_COLUMNS])).to(dev)
         position = lens - self.prompt_len[rows]
         ints = torch.from_numpy(np.stack([self.columns[n][rows] for n in INT_COLUMNS] + [position])).to(dev)
-        f = dict(zip(FLOAT_COLUMNS, floats))
-        i = dict(zip(INT_COLUMNS + ["position"], ints))
+        f = dict(zip(FLOAT_COLUMNS, floats.unbind(0)))
+        i = dict(zip(INT_COLUMNS + ["position"], ints.unbind(0)))
         return self.impl.SamplingTensors(
             top_k=i.pop("top_k").to(torch.int32),
             **f, **i,

@@ -74,27 +74,29 @@ class Scheduler:
         decodes, chunks = [], []
         for seq in running:
             (decodes if len(seq.token_ids) - seq.num_computed_tokens == 1 else chunks).append(seq)
-        scheduled: set[Sequence] = set()
         capacity = pool.block_size
-        for seq in decodes + chunks:
-            if budget == 0:
-                break
-            if seq.status != SequenceStatus.RUNNING:
+        scheduled, counts = batch.seqs, batch.num_new_tokens
+        for seq in decodes + chunks if chunks else decodes:
+            if seq.status is not SequenceStatus.RUNNING:
                 continue
-            num_tokens = min(len(seq.token_ids) - seq.num_computed_tokens, budget)
-            target = seq.num_computed_tokens + num_tokens
+            computed = seq.num_computed_tokens
+            num_tokens = len(seq.token_ids) - computed
+            if num_tokens > budget:
+                num_tokens = budget
+            target = computed + num_tokens
             if target > len(seq.block_table) * capacity:  # needs a new block
                 while not pool.can_grow(seq, target):
-                    victim = self._victim(running, seq, scheduled)
-                    self.preempt(victim)
-                    if victim is seq:
+                    self.preempt(self._victim(running, seq, set(scheduled)))
+                    if seq.status is not SequenceStatus.RUNNING:
                         break
-                if seq.status != SequenceStatus.RUNNING:
+                if seq.status is not SequenceStatus.RUNNING:
                     continue
                 pool.grow(seq, target)
-            batch.add(seq, num_tokens)
-            scheduled.add(seq)
+            scheduled.append(seq)
+            counts.append(num_tokens)
             budget -= num_tokens
+            if budget == 0:
+                break
         return budget
 
     @staticmethod
@@ -181,6 +183,8 @@ class Scheduler:
     def after_step(self, batch: ScheduledBatch) -> None:
         """Advance computed-token counts and register newly full blocks for prefix caching."""
         pool = self.pools[batch.model]
+        block_size = pool.block_size
         for seq, num_tokens in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += num_tokens
-            pool.commit(seq, batch.model)
+            if seq.num_computed_tokens // block_size > seq.num_hashed_blocks:
+                pool.commit(seq, batch.model)
