@@ -12,6 +12,9 @@ from bare_engine.errors import ConfigError
 
 RAY_EXTRA = 'pip install -e ".[ray]"'
 CONNECT_TIMEOUT_S = 10.0
+# Ray runs workers at nice 15 by default; replicas are the job's main work, so they run at the
+# driver's priority (it matters on CPU hosts shared with other jobs).
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
 
 
 def import_ray():
@@ -47,10 +50,14 @@ def ray_cluster(address: str = "", num_cpus: int | None = None):
     if address:
         resolved = resolve_address(ray, address)
         check_reachable(resolved)
-        ray.init(address=resolved, logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            ray.init(address=resolved, logging_level=logging.WARNING, log_to_driver=False)
+        except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, AuthenticationError, RuntimeError...
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"cannot join the Ray cluster at {address}: {detail}") from None
     else:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=False)
+                 logging_level=logging.WARNING, log_to_driver=False, _system_config=LOCAL_SYSTEM_CONFIG)
     try:
         yield _describe(ray, "local" if not address else resolved, started_here=not address)
     finally:

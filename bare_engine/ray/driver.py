@@ -122,6 +122,7 @@ class DataParallelRunner:
         self.tag = uuid.uuid4().hex[:8]
         self.remote = ray.remote(Replica)
         self.progress = None
+        self.reassigned = 0  # chunks handed out again after their replica died
 
     # --- replicas -------------------------------------------------------------------------
 
@@ -162,6 +163,7 @@ class DataParallelRunner:
     def _replace(self, slot: Slot, reason: str) -> None:
         """The slot's actor is gone: requeue its chunks and start another (bounded)."""
         self.log(f"replica {slot.slot}: {reason}; reassigning {len(slot.assigned)} chunk(s)")
+        self.reassigned += len(slot.assigned)
         for chunk in slot.assigned.values():
             heapq.heappush(self.queue, chunk)
         slot.assigned, slot.pending, slot.info = {}, None, None
@@ -338,7 +340,7 @@ class DataParallelRunner:
                 "tokens_per_s": {name: m["tokens_per_s"] for name, m in models.items()},
             })
         return {"replicas": self.cfg.data_parallel, "gpus_per_replica": self.gpus, "cluster": cluster,
-                "per_replica": replicas}
+                "chunks_reassigned": self.reassigned, "per_replica": replicas}
 
 
 def _first_line(e: BaseException) -> str:
