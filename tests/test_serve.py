@@ -151,7 +151,7 @@ def _stop_inside(text: str) -> str:
 
 
 def test_streamed_text_equals_non_streamed_with_stop_strings(client):
-    kw = dict(model="base", prompt=PROMPT, max_tokens=40, temperature=0.8, seed=5, extra_body={"ignore_eos": True})
+    kw = dict(model="base", prompt=PROMPT, max_tokens=32, temperature=0.8, seed=5, extra_body={"ignore_eos": True})
     full = client.completions.create(**kw).choices[0].text
     stop = _stop_inside(full)
     plain = client.completions.create(**kw, stop=[stop, "\n\n\n"])
@@ -164,7 +164,7 @@ def test_streamed_text_equals_non_streamed_with_stop_strings(client):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
 
-    ckw = dict(model="instruct", messages=CHAT, max_tokens=30, temperature=0.8, seed=9, n=2)
+    ckw = dict(model="instruct", messages=CHAT, max_tokens=20, temperature=0.8, seed=9, n=2)
     plain = client.chat.completions.create(**ckw)
     stream = list(client.chat.completions.create(**ckw, stream=True))
     for choice in plain.choices:
@@ -231,6 +231,8 @@ BAD_REQUESTS = [
     ("completions", {"model": "base", "prompt": "x", "logprobs": 99}, 400, "logprobs"),
     ("completions", {"model": "base", "prompt": "x", "stop": [""]}, 400, "stop"),
     ("completions", {"model": "base", "prompt": "x", "logit_bias": {"a": 1}}, 400, "logit_bias"),
+    ("completions", {"model": "base", "prompt": "x", "logit_bias": {"5": 1000}}, 400, "logit_bias"),
+    ("completions", {"model": "base", "prompt": "x", "n": 100000}, 400, "n"),
     ("completions", {"model": "base", "prompt": "x", "echo": True}, 400, "echo"),
     ("completions", {"model": "base", "prompt": [5] * MAX_MODEL_LEN}, 400, "prompt"),
     ("completions", {"model": "base", "prompt": "x", "max_tokens": MAX_MODEL_LEN}, 400, "max_tokens"),
@@ -257,6 +259,8 @@ def test_invalid_json_and_unknown_route_then_server_keeps_serving(server, client
     for raw in (b"{bad json", b"[1, 2]", b"\xff\xfe"):
         r = httpx.post(server.url + "/v1/completions", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    r = httpx.post(server.url + "/v1/completions", content=b'{"model": "base", "prompt": "x", "temperature": NaN}')
+    assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
     r = httpx.get(server.url + "/v1/nothing-here")
     assert r.status_code == 404 and r.json()["error"]["message"]
     assert client.completions.create(model="base", prompt=PROMPT, max_tokens=2).choices[0].finish_reason
@@ -315,3 +319,18 @@ def test_metrics_scrape_parses(server, client):
     assert samples[("bare_engine_generation_tokens_total", (("model", "base"),))] >= 5
     assert samples[("bare_engine_time_to_first_token_seconds_count", (("model", "base"),))] >= 1
     json.dumps({str(k): v for k, v in samples.items()})  # plain numbers
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # litellm's pydantic models warn at import
+def test_litellm_paper_call_pattern(server, client, monkeypatch):
+    """The paper's clients: the base model through text-completion-openai/, the instruct one through openai/."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
+    litellm = pytest.importorskip("litellm")
+    where = dict(api_base=server.url + "/v1", api_key="unused", max_tokens=8, temperature=0.0)
+    base = litellm.text_completion(model="text-completion-openai/base", prompt=PROMPT, **where)
+    want = client.completions.create(model="base", prompt=PROMPT, max_tokens=8, temperature=0.0)
+    assert base.choices[0].text == want.choices[0].text
+    chat = litellm.completion(model="openai/instruct", messages=CHAT, **where)
+    want = client.chat.completions.create(model="instruct", messages=CHAT, max_tokens=8, temperature=0.0)
+    assert chat.choices[0].message.content == want.choices[0].message.content
+    assert chat.usage.completion_tokens == want.usage.completion_tokens

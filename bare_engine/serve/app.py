@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from contextlib import asynccontextmanager
@@ -13,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from bare_engine.serve import completions
-from bare_engine.serve.engine_loop import EngineLoop
+from bare_engine.serve.engine_loop import EngineLoop, run_sinks
 from bare_engine.serve.models import ServedModel
 from bare_engine.serve.protocol import APIError
 
@@ -46,6 +47,8 @@ def create_app(engine, api_key: str | None = None, max_waiting: int = 256) -> Fa
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        loop = asyncio.get_running_loop()
+        engine_loop.deliver = lambda batch: loop.call_soon_threadsafe(run_sinks, batch)
         engine_loop.start()
         try:
             yield

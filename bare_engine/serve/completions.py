@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -37,23 +38,20 @@ async def completion(state, request: Request) -> Response:
         model.check_length(len(ids), body.max_tokens)
     params = body.sampling_params(body.max_tokens, body.logprobs)
     generation = Generation(state.engine_loop, model, prompts, params, body.stream, "cmpl")
-    generation.submit()
     created = int(time.time())
-    try:
-        if body.stream:
-            first = await generation.first_event(request)
-            chunk = lambda choices, usage=None: responses.completion_chunk(  # noqa: E731
-                generation.id, model.name, created, choices, usage)
-            return AbortingStream(generation, _completion_stream(generation, first, chunk, body))
-        outputs = await generation.results(request)
-    except ClientDisconnected:
-        return Response(status_code=CLIENT_CLOSED)
-    choices = []
-    for out in outputs:
-        for c in out.outputs:
-            logprobs = responses.completion_logprobs(model.tokenizer, c) if body.logprobs is not None else None
-            choices.append(responses.completion_choice(len(choices), c.text, c.finish_reason, c.stop_reason, logprobs))
-    return JSONResponse(responses.completion(generation.id, model.name, created, choices, _usage(generation)))
+    chunk = partial(responses.completion_chunk, generation.id, model.name, created)
+
+    def body_of(outputs) -> dict:
+        choices = []
+        for out in outputs:
+            for c in out.outputs:
+                logprobs = responses.completion_logprobs(model.tokenizer, c) if body.logprobs is not None else None
+                choices.append(responses.completion_choice(len(choices), c.text, c.finish_reason, c.stop_reason,
+                                                           logprobs))
+        return responses.completion(generation.id, model.name, created, choices, _usage(generation))
+
+    return await _answer(generation, request, lambda first: _completion_stream(generation, first, chunk, body),
+                         body_of)
 
 
 async def _completion_stream(generation: Generation, first, chunk, body):
@@ -76,23 +74,18 @@ async def chat_completion(state, request: Request) -> Response:
     num_top = body.num_logprobs()
     params = body.sampling_params(body.max_new_tokens(), num_top)
     generation = Generation(state.engine_loop, model, [ids], params, body.stream, "chatcmpl")
-    generation.submit()
     created = int(time.time())
-    try:
-        if body.stream:
-            first = await generation.first_event(request)
-            chunk = lambda choices, usage=None: responses.chat_chunk(  # noqa: E731
-                generation.id, model.name, created, choices, usage)
-            return AbortingStream(generation, _chat_stream(generation, first, chunk, body))
-        [out] = await generation.results(request)
-    except ClientDisconnected:
-        return Response(status_code=CLIENT_CLOSED)
-    choices = [
-        responses.chat_choice(c.index, c.text, c.finish_reason, c.stop_reason,
-                              responses.chat_logprobs(model.tokenizer, c, num_top) if num_top is not None else None)
-        for c in out.outputs
-    ]
-    return JSONResponse(responses.chat_completion(generation.id, model.name, created, choices, _usage(generation)))
+    chunk = partial(responses.chat_chunk, generation.id, model.name, created)
+
+    def body_of(outputs) -> dict:
+        choices = [
+            responses.chat_choice(c.index, c.text, c.finish_reason, c.stop_reason,
+                                  responses.chat_logprobs(model.tokenizer, c, num_top) if num_top is not None else None)
+            for c in outputs[0].outputs
+        ]
+        return responses.chat_completion(generation.id, model.name, created, choices, _usage(generation))
+
+    return await _answer(generation, request, lambda first: _chat_stream(generation, first, chunk, body), body_of)
 
 
 async def _chat_stream(generation: Generation, first, chunk, body):
@@ -109,6 +102,19 @@ async def _chat_stream(generation: Generation, first, chunk, body):
         if body.stream_options and body.stream_options.include_usage:
             yield sse(chunk([], _usage(generation)))
     yield SSE_DONE
+
+
+async def _answer(generation: Generation, request: Request, stream_from, body_of) -> Response:
+    """Submit; then stream (``stream_from(first_event)``) or answer ``body_of(outputs)`` at the end."""
+    generation.submit()
+    try:
+        if generation.stream:
+            first = await generation.first_event(request)
+            return AbortingStream(generation, stream_from(first))
+        outputs = await generation.results(request)
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED)
+    return JSONResponse(body_of(outputs))
 
 
 def _usage(generation: Generation) -> dict:

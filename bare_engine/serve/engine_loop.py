@@ -1,9 +1,11 @@
 """The one thread that drives LLMEngine.step().
 
 HTTP handlers never touch the engine: they put submissions and aborts into an inbox, which
-this thread drains between steps. After each step it hands each request's events (new
-tokens of streamed requests, the finished output, an error) to the request's ``sink``,
-which the server makes thread-safe (``loop.call_soon_threadsafe``).
+this thread drains between steps. After each step it hands the step's events (new tokens of
+streamed requests, finished outputs, errors) to ``deliver`` in one batch of (sink, event)
+pairs; the server's ``deliver`` makes one ``loop.call_soon_threadsafe`` hop per step to run
+the sinks on its event loop (a hop per request would make this thread wait for the GIL
+once per request and step).
 
 The waiting queue is bounded: a submission that would take the number of waiting sequences
 (in the inbox or the scheduler's waiting lists) past ``max_waiting`` is refused with
@@ -39,7 +41,7 @@ class Submission:
     model: str
     prompt_token_ids: list[int]
     params: SamplingParams
-    sink: Callable[[object], None]  # called on the loop thread with the events below
+    sink: Callable[[object], None]  # called (through ``deliver``) with the events below
     stream: bool = False
     arrival: float = field(default_factory=time.monotonic)
 
@@ -94,6 +96,8 @@ class EngineLoop:
         self._closed = False
         self._stop = threading.Event()
         self._active: dict[str, _Active] = {}  # loop thread only
+        self._outbox: list[tuple[Callable, object]] = []  # loop thread only: this iteration's events
+        self.deliver: Callable[[list[tuple[Callable, object]]], None] = run_sinks
         self._thread = threading.Thread(target=self._run, name="bare-engine-loop", daemon=True)
 
     # ----- any thread ------------------------------------------------------------------
@@ -145,10 +149,12 @@ class EngineLoop:
                 if self.engine.has_unfinished_requests():
                     self._step()
                 self._after_iteration()
+                self._flush()
         except Exception:
             logger.exception("engine loop failed")
         finally:
             self._abort_all()
+            self._flush()
 
     def _take_commands(self) -> list:
         with self._cond:
@@ -167,7 +173,7 @@ class EngineLoop:
                 self.engine.add_request(command.request_id, command.prompt_token_ids, command.params,
                                         model=command.model)
             except Exception as exc:  # a bad request the server's own checks let through
-                _send(command.sink, Failed(command.request_id, exc))
+                self._emit(command.sink, Failed(command.request_id, exc))
                 continue
             self._active[command.request_id] = _Active(command, [0] * command.params.n)
 
@@ -186,7 +192,7 @@ class EngineLoop:
             logger.exception("engine step failed")
             for request_id, active in list(self._active.items()):
                 self.engine.abort_request(request_id)
-                _send(active.submission.sink, Failed(request_id, exc))
+                self._emit(active.submission.sink, Failed(request_id, exc))
             self._active.clear()
             return
         now = time.monotonic()
@@ -195,7 +201,7 @@ class EngineLoop:
             active.first_token_at = active.first_token_at or now
             self._observe(active, output.outputs[0].finish_reason, sum(len(o.token_ids) for o in output.outputs),
                           max(len(o.token_ids) for o in output.outputs))
-            _send(active.submission.sink, Finished(output.request_id, output))
+            self._emit(active.submission.sink, Finished(output.request_id, output))
         for request_id, active in self._active.items():
             self._report_progress(request_id, active, now)
 
@@ -209,7 +215,7 @@ class EngineLoop:
         if active.submission.stream:
             new = [[] if p.finished else p.new_token_ids for p in progress]
             if any(new):
-                _send(active.submission.sink, Progress(request_id, new))
+                self._emit(active.submission.sink, Progress(request_id, new))
 
     def _observe(self, active: _Active, reason: str, num_output_tokens: int, longest: int = 0) -> None:
         now, sub = time.monotonic(), active.submission
@@ -219,6 +225,18 @@ class EngineLoop:
             ttft=None if first is None else first - sub.arrival,
             tpot=(now - first) / (longest - 1) if first is not None and longest > 1 else None,
         )
+
+    def _emit(self, sink: Callable, event: object) -> None:
+        self._outbox.append((sink, event))
+
+    def _flush(self) -> None:
+        if not self._outbox:
+            return
+        batch, self._outbox = self._outbox, []
+        try:
+            self.deliver(batch)
+        except Exception:  # the receiving side is gone (e.g. its event loop closed)
+            logger.debug("dropped %d events: their receiver is gone", len(batch), exc_info=True)
 
     def _after_iteration(self) -> None:
         self.metrics.observe_engine(self.engine)
@@ -232,15 +250,13 @@ class EngineLoop:
             pending, self._inbox = self._inbox, []
         for command in pending:
             if isinstance(command, Submission):
-                _send(command.sink, Aborted(command.request_id))
+                self._emit(command.sink, Aborted(command.request_id))
         for request_id, active in list(self._active.items()):
             self._abort(request_id)
-            _send(active.submission.sink, Aborted(request_id))
+            self._emit(active.submission.sink, Aborted(request_id))
         self.metrics.observe_engine(self.engine)
 
 
-def _send(sink: Callable[[object], None], event: object) -> None:
-    try:
+def run_sinks(batch: list[tuple[Callable, object]]) -> None:
+    for sink, event in batch:
         sink(event)
-    except Exception:  # the receiving side is gone (e.g. its event loop closed)
-        logger.debug("dropped %s: its receiver is gone", type(event).__name__, exc_info=True)

@@ -1,7 +1,7 @@
 """One HTTP request's engine requests (one per prompt), seen from the asyncio side.
 
-Events come from the engine loop thread through ``call_soon_threadsafe`` into an asyncio
-queue. Every wait is bounded: the queue is polled so that a disconnected client or a dead
+Events come from the engine loop thread, one ``call_soon_threadsafe`` per step, into an
+asyncio queue per HTTP request. Every wait is bounded: the queue is polled so that a disconnected client or a dead
 engine loop is noticed, and whatever is still open when the handler leaves (client gone,
 error, cancellation) is aborted, which frees its KV blocks before the next step.
 """
@@ -18,7 +18,7 @@ from bare_engine.outputs import RequestOutput
 from bare_engine.sampling_params import SamplingParams
 from bare_engine.serve.engine_loop import Aborted, EngineLoop, Failed, Finished, Progress, QueueFullError, Submission
 from bare_engine.serve.models import ServedModel
-from bare_engine.serve.protocol import APIError
+from bare_engine.serve.protocol import APIError, bad_request
 from bare_engine.serve.streaming import TextStream
 
 POLL_S = 0.25  # how often a waiting handler checks for a disconnected client / a dead loop
@@ -46,7 +46,6 @@ class Generation:
         self.outputs: dict[str, RequestOutput] = {}
         self.open: set[str] = set()
         self._queue: asyncio.Queue = asyncio.Queue()
-        self._loop = asyncio.get_running_loop()
         self._texts = {rid: [TextStream(model.tokenizer, params.stop_strings, params.skip_special_tokens)
                              for _ in range(params.n)] for rid in self.request_ids} if stream else {}
 
@@ -59,6 +58,10 @@ class Generation:
         return sum(len(c.token_ids) for out in self.outputs.values() for c in out.outputs)
 
     def submit(self) -> None:
+        num_seqs = len(self.prompts) * self.params.n
+        if num_seqs > self.engine_loop.max_waiting:
+            raise bad_request(f"{num_seqs} sequences (prompts x n) can never fit the waiting queue of "
+                              f"{self.engine_loop.max_waiting}", param="n")
         subs = [Submission(rid, self.model.name, ids, self.params, self._sink, self.stream)
                 for rid, ids in zip(self.request_ids, self.prompts)]
         try:
@@ -67,8 +70,8 @@ class Generation:
             raise APIError(503, str(exc), type="server_error", code="server_overloaded") from None
         self.open = set(self.request_ids)
 
-    def _sink(self, event) -> None:  # engine loop thread
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+    def _sink(self, event) -> None:  # on the event loop (see create_app's deliver)
+        self._queue.put_nowait(event)
 
     def abort_open(self) -> None:
         if self.open:

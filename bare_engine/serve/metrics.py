@@ -21,7 +21,7 @@ class ServeMetrics:
         self.kv_total = Gauge("bare_engine_kv_blocks_total", "KV cache blocks (all pools)", registry=r)
         self.preemptions = Counter("bare_engine_num_preemptions", "Sequences preempted (recomputed later)",
                                    registry=r)
-        self.prompt_tokens = Counter("bare_engine_prompt_tokens", "Prompt tokens of admitted requests", m, registry=r)
+        self.prompt_tokens = Counter("bare_engine_prompt_tokens", "Prompt tokens of finished (or aborted) requests", m, registry=r)
         self.generation_tokens = Counter("bare_engine_generation_tokens", "Generated tokens", m, registry=r)
         self.finished = Counter("bare_engine_requests_finished", "Requests finished, by finish reason",
                                 ["model", "finish_reason"], registry=r)

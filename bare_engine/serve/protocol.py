@@ -81,10 +81,14 @@ class _SamplingFields(BaseModel):
         if self.logit_bias is None:
             return None
         try:
-            return {int(k): v for k, v in self.logit_bias.items()}
+            bias = {int(k): v for k, v in self.logit_bias.items()}
         except ValueError:
             raise bad_request(f"logit_bias keys must be token ids, got {list(self.logit_bias)!r}",
                               param="logit_bias") from None
+        bad = next((v for v in bias.values() if not -100.0 <= v <= 100.0), None)
+        if bad is not None:
+            raise bad_request(f"logit_bias values must be in [-100, 100], got {bad}", param="logit_bias")
+        return bias
 
     def check_stream_fields(self) -> None:
         if self.stream_options is not None and not self.stream:

@@ -60,10 +60,14 @@ def run_server(models: dict[str, str], config, host: str = "127.0.0.1", port: in
         raise ConfigError(f"--max-waiting must be at least 1, got {max_waiting}")
     sock = bind_socket(host, port)
     try:
-        import uvicorn
+        try:
+            import uvicorn
 
+            from bare_engine.serve.app import create_app
+        except ImportError as exc:
+            raise ConfigError(f"bare-engine serve needs the serve extra (pip install 'bare-engine[serve]'): {exc}") \
+                from None
         from bare_engine.engine import LLMEngine
-        from bare_engine.serve.app import create_app
 
         app = create_app(LLMEngine(models, config), api_key=api_key, max_waiting=max_waiting)
         server = uvicorn.Server(uvicorn.Config(
