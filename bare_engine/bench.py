@@ -7,6 +7,7 @@ done); only the tokens each request asked for count as output for either side.
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import random
@@ -37,6 +38,7 @@ WORKLOADS = {
     "fixed": dict(prompt=(128, 128), output=(128, 128)),
     "variable": dict(prompt=(16, 512), output=(16, 256)),
     "nanovllm": dict(prompt=(100, 1024), output=(100, 1024)),
+    "smoke": dict(prompt=(4, 32), output=(4, 16)),  # scripts/gpu_check.sh --dry-run
 }
 
 
@@ -137,6 +139,23 @@ def _leading_match(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
+def preset_model_dir(preset: str, root: str | Path) -> Path:
+    """The preset's random-weight checkpoint under ``root``, made on first use and reused after."""
+    from bare_engine.testing import make_model_dir
+
+    path = Path(root) / preset
+    if not (path / "config.json").is_file():
+        spec = dict(PRESETS[preset])
+        make_model_dir(path, spec.pop("arch"), **spec)
+    return path
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def run_throughput_benchmark(
     preset: str,
     workloads: list[str],
@@ -144,24 +163,47 @@ def run_throughput_benchmark(
     config: EngineConfig,
     with_baseline: bool,
     out_dir: str | Path,
+    model_dir: str | Path | None = None,
+    decode: dict | None = None,
 ) -> Path:
-    from bare_engine.testing import make_model_dir
+    """``model_dir``: a checkpoint of the preset's shape (default: made in a temp folder).
+    ``decode``: keyword arguments of ``bench_decode.steady_decode`` (batch, prompt_len, steps):
+    also time full-batch decode steps against the memory roofline. The JSON is written once the
+    engine is done and again with the baseline, so a run cut short keeps the engine's numbers."""
+    from bare_engine.bench_decode import copy_bandwidth, roofline, steady_decode
 
-    spec = dict(PRESETS[preset])
-    arch = spec.pop("arch")
+    vocab_size = PRESETS[preset]["vocab_size"]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_model_dir(Path(tmp) / preset, arch, **spec)
+        model_dir = Path(model_dir) if model_dir else preset_model_dir(preset, tmp)
         llm = LLM(model_dir, config)
         device, dtype = llm.engine.device, llm.engine.dtype
         num_params = sum(p.numel() for p in llm.engine.runners["default"].model.parameters())
-        results = []
+        runs = []
         for workload in workloads:
-            requests = make_requests(workload, num_requests, spec["vocab_size"])
-            engine = run_engine(llm, requests)
-            row = {"workload": workload, "num_requests": num_requests,
-                   "engine": {k: v for k, v in engine.items() if k != "token_ids"}}
+            requests = make_requests(workload, num_requests, vocab_size)
+            runs.append((workload, requests, run_engine(llm, requests)))
+        report = {
+            "benchmark": "throughput",
+            "device": device_name(device),
+            "preset": preset,
+            "num_parameters": num_params,
+            "dtype": str(dtype).replace("torch.", ""),
+            "engine_config": {k: v for k, v in asdict(config).items() if k != "cuda_graph_batch_sizes"},
+            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+            "results": [{"workload": w, "num_requests": num_requests,
+                         "engine": {k: v for k, v in e.items() if k != "token_ids"}} for w, _, e in runs],
+        }
+        if decode:
+            step = steady_decode(llm.engine, model_dir, **decode)
+            report["decode_step"] = {**step, **roofline(step, copy_bandwidth(device)),
+                                     "peak_bandwidth_Bps": peak_bandwidth(device_name(device))}
+        path = out_dir / f"throughput_{report['device']}_{preset}.json"
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        del llm
+        _release(device)  # the baseline needs the memory of the engine's KV pool
+        for row, (_, requests, engine) in zip(report["results"], runs):
             if with_baseline:
                 hf = run_transformers(model_dir, requests, config.max_num_seqs, device, dtype)
                 agree = [_leading_match(a, b) / len(b) for a, b in zip(engine["token_ids"], hf["token_ids"])]
@@ -170,18 +212,7 @@ def run_throughput_benchmark(
                 # Left padding changes transformers' float rounding, so report agreement instead of asserting it.
                 row["exact_match_fraction"] = sum(a == 1.0 for a in agree) / len(agree)
                 row["mean_leading_agreement"] = sum(agree) / len(agree)
-            results.append(row)
-            print(json.dumps({k: v for k, v in row.items()}, indent=None))
-    report = {
-        "benchmark": "throughput",
-        "device": device_name(device),
-        "preset": preset,
-        "num_parameters": num_params,
-        "dtype": str(dtype).replace("torch.", ""),
-        "engine_config": {k: v for k, v in asdict(config).items() if k != "cuda_graph_batch_sizes"},
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        "results": results,
-    }
-    path = out_dir / f"throughput_{report['device']}_{preset}.json"
+                _release(device)
+            print(json.dumps(row), flush=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     return path

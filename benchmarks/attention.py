@@ -2,6 +2,7 @@
 
     python benchmarks/attention.py            # GPU: decode and prefill sweeps
     python benchmarks/attention.py --quick    # tiny smoke run, works on CPU (Triton interpreter)
+    python benchmarks/attention.py --decode-cases 64x4096 --prefill-cases 8x2048   # chosen BATCHxCONTEXT cases
 
 Every case gives each sequence the same context; the block table is a random permutation
 of cache blocks. Baselines run on K/V already gathered into contiguous tensors (the gather
@@ -172,6 +173,20 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
+def _cases(text: str) -> list[tuple[int, int]]:
+    try:
+        cases = [tuple(int(x) for x in case.split("x")) for case in text.split(",")]
+    except ValueError:
+        cases = []
+    if not cases or any(len(c) != 2 or min(c) < 1 for c in cases):
+        raise argparse.ArgumentTypeError(f"expected BATCHxCONTEXT[,BATCHxCONTEXT...], got {text!r}")
+    return cases
+
+
+def _sweep_cases(sweep: dict) -> list[tuple[int, int]]:
+    return [(b, c) for b in sweep["batch"] for c in sweep["context"] if b * c <= sweep.get("max_tokens", math.inf)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, runs on CPU through the Triton interpreter")
@@ -181,7 +196,10 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="bfloat16")
     parser.add_argument("--only", choices=["decode", "prefill"], help="run one of the two sweeps")
+    parser.add_argument("--decode-cases", type=_cases, help="BATCHxCONTEXT[,...] instead of the decode sweep")
+    parser.add_argument("--prefill-cases", type=_cases, help="BATCHxCONTEXT[,...] instead of the prefill sweep")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--output", type=Path, help="JSON file (default: attention_<device>.json under --out)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.quick and device.type == "cpu":
@@ -207,20 +225,16 @@ def main() -> None:
     for kind, run in [("decode", run_decode), ("prefill", run_prefill)]:
         if args.only and args.only != kind:
             continue
-        sweep = sweeps[kind]
-        for batch in sweep["batch"]:
-            for context in sweep["context"]:
-                if batch * context > sweep.get("max_tokens", math.inf):
-                    continue
-                row = run(batch, context, args, device, flash_attn)
-                report[kind].append(row)
-                print(kind, json.dumps(row), flush=True)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+        for batch, context in getattr(args, f"{kind}_cases") or _sweep_cases(sweeps[kind]):
+            row = run(batch, context, args, device, flash_attn)
+            report[kind].append(row)
+            print(kind, json.dumps(row), flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
-    args.out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
-    path = args.out / f"attention_{slug}{'_quick' if args.quick else ''}.json"
+    path = args.output or args.out / f"attention_{slug}{'_quick' if args.quick else ''}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -2,6 +2,7 @@
 
     python benchmarks/sampling.py            # GPU: batch 1-512, vocab 32k / 128k / 152k
     python benchmarks/sampling.py --quick    # tiny smoke run; on CPU (Triton interpreter) always this
+    python benchmarks/sampling.py --batch 256 --vocab 151936   # one shape (scripts/gpu_check.sh)
 
 The baseline is the torch path of vLLM / transformers: penalties from dense counts,
 temperature, min-p, then one full sort for top-k and top-p (cumulative sum over the
@@ -109,10 +110,11 @@ def run_case(batch: int, vocab: int, scenario: str, device: torch.device, peak: 
     triton_ms = time_ms(lambda: tri.sample(logits, params, state, validate=False), device)
     sort_ms = time_ms(lambda: sort_baseline(logits, params, state, scenario == "filters"), device)
     same = tri.sample(logits, params, state).token_ids == ref.sample(logits, params, state).token_ids
+    read_bytes = batch * vocab * 4
     row = dict(scenario=scenario, batch=batch, vocab=vocab, triton_ms=_sig(triton_ms), sort_ms=_sig(sort_ms),
-               speedup_vs_sort=_sig(sort_ms / triton_ms), tokens_equal_reference=_sig(float(same.float().mean())))
+               speedup_vs_sort=_sig(sort_ms / triton_ms), tokens_equal_reference=_sig(float(same.float().mean())),
+               triton_effective_GBps=_sig(read_bytes / triton_ms / 1e6))  # as if it read the logits once
     if device.type == "cuda":
-        read_bytes = batch * vocab * 4
         measured = time_ms(lambda: logits.amax(dim=1), device)
         row.update(read_measured_ms=_sig(measured), triton_vs_read_measured=_sig(triton_ms / measured))
         if peak:
@@ -129,11 +131,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, runs on CPU through the Triton interpreter")
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), help="run one scenario only")
+    parser.add_argument("--batch", type=int, nargs="+", help="batch sizes (default: the sweep's)")
+    parser.add_argument("--vocab", type=int, nargs="+", help="vocabulary sizes (default: the sweep's)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--output", type=Path, help="JSON file (default: sampling_<device>.json under --out)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     quick = args.quick or device.type == "cpu"  # the interpreter is far too slow for real sizes
-    sweep = QUICK if quick else FULL
+    sweep = {**(QUICK if quick else FULL), **{k: getattr(args, k) for k in ("batch", "vocab") if getattr(args, k)}}
     name = device_name(device)
     report = {
         "device": name,
@@ -152,9 +157,9 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-    args.out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
-    path = args.out / f"sampling_{slug}{'_quick' if quick and device.type == 'cuda' else ''}.json"
+    path = args.output or args.out / f"sampling_{slug}{'_quick' if quick and device.type == 'cuda' else ''}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
 

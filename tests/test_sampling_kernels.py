@@ -567,7 +567,7 @@ def test_dispatch_helper_and_shared_types():
 
 # ----------------------------------------------------------------------------- GPU only
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_cuda = pytest.mark.cuda  # run by scripts/gpu_check.sh; skipped without CUDA (tests/conftest.py)
 
 
 def to_device(params: ref.SamplingTensors, device) -> ref.SamplingTensors:
