@@ -19,6 +19,11 @@ from bare_engine.attention import select_backend
 from bare_engine.block_manager import BlockManager
 from bare_engine.constraints import TokenTrie
 from bare_engine.config import EngineConfig, ModelConfig, load_model_config
+from bare_engine.distributed.forward import allocate_kv_cache
+from bare_engine.distributed.group import SINGLE_RANK
+from bare_engine.distributed.layers import heads_per_rank
+from bare_engine.distributed.executor import LOAD_TIMEOUT_S, TPExecutor
+from bare_engine.distributed.worker import KVPool, ModelLoad
 from bare_engine.errors import ConfigError, InvalidRequestError, KVCacheTooSmallError, PromptTooLongError
 from bare_engine.lora import ModelSource, ModelSpec, resolve_model_source
 from bare_engine.model_policy import InterleavePolicy
@@ -57,16 +62,23 @@ class LLMEngine:
             models = {DEFAULT_MODEL: models}
         if not models:
             raise ConfigError("no model given")
-        self.device = self.config.resolve_device()
+        devices = self.config.rank_devices()
+        self.device = devices[0]
         self.dtype = self.config.resolve_dtype(self.device)
         sources = {name: resolve_model_source(spec) for name, spec in models.items()}
         model_configs = {name: load_model_config(s.weights_dir) for name, s in sources.items()}
         self.max_model_len = {name: self._max_model_len(c) for name, c in model_configs.items()}
         self.tokenizers = {name: load_tokenizer(s.tokenizer_dir) for name, s in sources.items()}
         self.backend = select_backend(self.config.attention_backend, self.device)
-        self.runners = {name: self._load_runner(name, model_configs[name], s) for name, s in sources.items()}
-        self.eos_ids = {name: self._eos_ids(c, self.tokenizers[name]) for name, c in model_configs.items()}
-        pools = self._allocate_pools(model_configs)
+        self.tp = self._start_tensor_parallel(devices, models, model_configs)
+        try:
+            self.runners = {name: self._load_runner(name, model_configs[name], s, i) for i, (name, s) in enumerate(sources.items())}
+            self.eos_ids = {name: self._eos_ids(c, self.tokenizers[name]) for name, c in model_configs.items()}
+            self._workers_free_memory = self.tp.collect("load", LOAD_TIMEOUT_S) if self.tp else []
+            pools = self._allocate_pools(model_configs)
+        except BaseException:
+            self.shutdown()
+            raise
         self.scheduler = Scheduler(pools, self.config.max_num_seqs, self.config.max_num_batched_tokens)
         self.scheduler.on_release = lambda seq: self.runners[seq.model].release(seq)
         drain = "instruct" if "instruct" in models else None
@@ -79,11 +91,27 @@ class LLMEngine:
 
     # ----- set-up -----------------------------------------------------------------------
 
-    def _load_runner(self, name: str, config: ModelConfig, source: ModelSource) -> ModelRunner:
+    def _start_tensor_parallel(self, devices, models: dict, model_configs: dict[str, ModelConfig]):
+        """tensor_parallel_size > 1: spawn the workers (ranks 1..N-1) and have them load their shards."""
+        tp = self.config.tensor_parallel_size
+        if tp == 1:
+            return None
+        for c in model_configs.values():
+            c.check_tensor_parallel(tp)
+        executor = TPExecutor(devices, self.backend.name)
+        try:
+            executor.load([ModelLoad(name, spec, self.max_model_len[name], self.dtype) for name, spec in models.items()])
+        except BaseException:
+            executor.shutdown()
+            raise
+        return executor
+
+    def _load_runner(self, name: str, config: ModelConfig, source: ModelSource, index: int) -> ModelRunner:
         hook = source.adapter.merge if source.adapter else None
         runner = ModelRunner(
             name, config, source.weights_dir, self.device, self.dtype, self.max_model_len[name],
             self.config.max_num_seqs, self.backend, weight_hook=hook, sampler_backend=self.config.sampler_backend,
+            group=self.tp.group if self.tp else SINGLE_RANK, tensor_parallel=self.tp, model_index=index,
         )
         if source.adapter:
             source.adapter.check_all_used()
@@ -108,8 +136,15 @@ class LLMEngine:
         for name, c in model_configs.items():
             groups.setdefault(c.kv_shape, []).append(name)
         bs = self.config.block_size
-        block_bytes = {shape: 2 * shape[0] * bs * shape[1] * shape[2] * self.dtype.itemsize for shape in groups}
+        tp = self.config.tensor_parallel_size
+        # Each rank holds its share of the KV heads of every block.
+        block_bytes = {s: 2 * s[0] * bs * heads_per_rank(s[1], tp) * s[2] * self.dtype.itemsize for s in groups}
         num_blocks = self._pool_sizes(groups, block_bytes)
+        limit = self.config.max_num_seqs
+        graph_sizes = None if self.config.enforce_eager else sorted(
+            {b for b in self.config.cuda_graph_batch_sizes if b < limit} | {limit})
+        if self.tp:  # the workers allocate (and capture) in the same order, alongside
+            self.tp.allocate_kv([KVPool(names, blocks, bs) for names, blocks in zip(groups.values(), num_blocks)], graph_sizes)
         pools: dict[str, BlockManager] = {}
         for (shape, names), blocks in zip(groups.items(), num_blocks):
             need = max(-(-self.max_model_len[n] // bs) for n in names)
@@ -120,19 +155,16 @@ class LLMEngine:
                     f"{need} (or lower max_model_len)"
                 )
             layers, kv_heads, head_dim = shape
-            caches = [
-                tuple(torch.zeros(blocks, bs, kv_heads, head_dim, dtype=self.dtype, device=self.device) for _ in range(2))
-                for _ in range(layers)
-            ]
+            caches = allocate_kv_cache(layers, blocks, bs, heads_per_rank(kv_heads, tp), head_dim, self.dtype, self.device)
             manager = BlockManager(blocks, bs, self.config.enable_prefix_caching)
             for name in names:
                 self.runners[name].bind_cache(caches, bs)
                 pools[name] = manager
-                if not self.config.enforce_eager:
-                    limit = self.config.max_num_seqs
-                    sizes = sorted({b for b in self.config.cuda_graph_batch_sizes if b < limit} | {limit})
-                    self.runners[name].capture_graphs(sizes, self.max_model_len[name])
+                if graph_sizes:
+                    self.runners[name].capture_graphs(graph_sizes, self.max_model_len[name])
             logger.info("KV pool for %s: %d blocks of %d tokens", ", ".join(names), blocks, bs)
+        if self.tp:
+            self.tp.collect("kv")
         return pools
 
     def _pool_sizes(self, groups: dict[tuple, list[str]], block_bytes: dict[tuple, int]) -> list[int]:
@@ -147,6 +179,7 @@ class LLMEngine:
     def _kv_budget_bytes(self, groups: dict[tuple, list[str]]) -> int:
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
+            free = min([free, *self._workers_free_memory])  # every rank allocates the same blocks
             return max(0, int(free - total * (1 - self.config.gpu_memory_utilization) - GPU_ACTIVATION_RESERVE))
         # CPU: enough for max_num_seqs full-length sequences of every model, capped.
         bs = self.config.block_size
@@ -156,6 +189,24 @@ class LLMEngine:
             tokens = sum(self.config.max_num_seqs * (-(-self.max_model_len[n] // bs) * bs) for n in names)
             need += per_token * tokens
         return min(need, CPU_KV_BYTES)
+
+    # ----- lifecycle --------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers (nothing to do at tensor_parallel_size 1); idempotent."""
+        if getattr(self, "tp", None) is not None:
+            self.tp.shutdown()
+
+    def __enter__(self) -> "LLMEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    @property
+    def tensor_parallel_pids(self) -> list[int]:
+        """Process ids of the tensor-parallel workers (ranks 1..N-1)."""
+        return self.tp.pids if self.tp else []
 
     # ----- requests ---------------------------------------------------------------------
 

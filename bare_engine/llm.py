@@ -34,6 +34,16 @@ class LLM:
         self.engine = LLMEngine(model, config or EngineConfig(**engine_config))
         self._next_id = 0
 
+    def shutdown(self) -> None:
+        """Stop the engine's tensor-parallel workers, if any (``with LLM(...) as llm:`` does it on exit)."""
+        self.engine.shutdown()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
     def get_default_sampling_params(self) -> SamplingParams:
         """What a request without SamplingParams is sampled with."""
         return self._default_params

@@ -15,8 +15,10 @@ import torch
 from bare_engine.attention import AttentionBackend
 from bare_engine.config import ModelConfig
 from bare_engine.cuda_graphs import DecodeGraphs
-from bare_engine.loader import TensorHook, load_weights
-from bare_engine.model import CausalLM
+from bare_engine.distributed.forward import run_forward
+from bare_engine.distributed.group import SINGLE_RANK
+from bare_engine.distributed.message import encode_step
+from bare_engine.loader import TensorHook, load_model
 from bare_engine.input_batch import InputBatch
 from bare_engine.sampler import Sampler
 from bare_engine.scheduler import ScheduledBatch
@@ -53,18 +55,20 @@ class ModelRunner:
         backend: AttentionBackend,
         weight_hook: TensorHook | None = None,
         sampler_backend: str = "auto",
+        group=SINGLE_RANK,
+        tensor_parallel=None,
+        model_index: int = 0,
     ):
+        """``group``: the tensor-parallel rank this runner's shard is (rank 0, the driver); ``tensor_parallel``:
+        the TPExecutor whose workers run the other shards of each step (model ``model_index`` there)."""
         self.name = name
         self.config = config
         self.device = device
         self.dtype = dtype
         self.backend = backend
-        with torch.device(device):
-            model = CausalLM(config, max_positions=max_model_len)
-        model.to(dtype=dtype)
-        model.rotary.to(torch.float32)  # cos/sin tables stay float32, cast per use
-        load_weights(model, weights_dir, weight_hook)
-        self.model = model.eval()
+        self.model = load_model(config, weights_dir, device, dtype, max_model_len, weight_hook, group)
+        self.tensor_parallel = tensor_parallel
+        self.model_index = model_index
         self.max_model_len = max_model_len
         self.max_num_seqs = max_num_seqs
         self.sampler = Sampler(config.vocab_size, max_num_seqs, device, sampler_backend)
@@ -104,14 +108,13 @@ class ModelRunner:
         """One forward pass; returns the sampled token of each sequence that reached its end."""
         start = time.perf_counter()
         step = self.input_batch.prepare(batch)
+        if self.tensor_parallel is not None:
+            self.tensor_parallel.send_step(encode_step(self.model_index, step.inputs))
         inputs = self.input_batch.to_device(step.inputs, self.device)
-        if self.graphs is not None and self.graphs.fits(inputs.meta, len(inputs.input_ids)):
-            hidden = self.graphs.run(inputs.input_ids, inputs.positions, inputs.meta)
-        else:
-            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, self.backend, inputs.meta)
+        logits = run_forward(self.model, self.kv_caches, self.backend, self.graphs,
+                             inputs.input_ids, inputs.positions, inputs.meta, inputs.logits_indices)
         result = StepResult([], [])
         if step.sampled_seqs:
-            logits = self.model.compute_logits(hidden[inputs.logits_indices])
             out = self.sampler(logits, step.sampled_seqs, step.sampled_rows, step.sampled_lens)
             result = StepResult(step.sampled_seqs, out.token_ids, out.logprobs)
         self.stats.prompt_tokens += step.num_prompt_tokens

@@ -5,10 +5,9 @@ import torch
 from safetensors.torch import load_file
 
 from bare_engine import loader
-from bare_engine.attention import AttentionMetadata, TorchBackend
 from bare_engine.config import EngineConfig, load_model_config
-from bare_engine.distributed.forward import allocate_kv_cache, run_forward
-from bare_engine.distributed.message import decode_step, encode_step, step_fields, step_inputs
+from bare_engine.input_batch import StepInputs, StepLayout
+from bare_engine.distributed.message import decode_step, encode_step
 from bare_engine.errors import ConfigError
 from bare_engine.lora import LoraAdapter
 from tiny_models import make_model_dir
@@ -149,17 +148,11 @@ def test_engine_config_tensor_parallel_size():
 
 
 def test_step_message_round_trip():
-    meta = AttentionMetadata(
-        slot_mapping=torch.tensor([5, 6, 7, -1]), block_tables=torch.tensor([[1, 2], [3, 0]], dtype=torch.int32),
-        context_lens=torch.tensor([7, 1], dtype=torch.int32), cu_seqlens_q=torch.tensor([0, 3, 4], dtype=torch.int32),
-        max_query_len=3, max_context_len=7,
-    )
-    fields = step_fields(torch.tensor([11, 12, 13, 14]), torch.tensor([4, 5, 6, 0]), torch.tensor([2, 3]), meta)
-    data = encode_step(3, fields)
-    assert len(data) == 8 * (3 + 3 * 9 + 25)  # header, 9 field shapes, 25 values: nothing else
-    index, decoded = decode_step(data, CPU)
-    input_ids, positions, logits_indices, got = step_inputs(decoded)
-    assert index == 3 and input_ids.tolist() == [11, 12, 13, 14] and logits_indices.tolist() == [2, 3]
-    assert got.block_tables.dtype == torch.int32 and torch.equal(got.block_tables, meta.block_tables)
-    assert (got.max_query_len, got.max_context_len) == (3, 7) and isinstance(got.max_query_len, int)
-    assert torch.equal(got.slot_mapping, meta.slot_mapping) and torch.equal(got.cu_seqlens_q, meta.cu_seqlens_q)
+    layout = StepLayout(num_tokens=4, num_seqs=2, num_sampled=2, max_blocks=2, max_query_len=3, max_context_len=7)
+    buffer = torch.arange(layout.size, dtype=torch.int32)
+    data = encode_step(3, StepInputs.from_buffer(buffer, layout))
+    assert len(data) == 4 * (8 + layout.size)  # 8 header ints and the buffer: nothing else
+    index, got = decode_step(data, CPU)
+    assert index == 3 and got.layout == layout and torch.equal(got.buffer, buffer)
+    assert got.input_ids.tolist() == [0, 1, 2, 3] and got.logits_indices.tolist() == [17, 18]
+    assert got.meta.block_tables.tolist() == [[19, 20], [21, 22]] and got.meta.max_context_len == 7

@@ -9,8 +9,10 @@ After a failure the remaining workers are stopped and every later call raises th
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import signal
+import threading
 import time
 import weakref
 from multiprocessing.connection import wait
@@ -24,6 +26,10 @@ from bare_engine.errors import BareEngineError, TensorParallelError
 
 logger = logging.getLogger(__name__)
 
+_MAIN_GUARD_HINT = (
+    " before it started; if a script creates the engine, do so under `if __name__ == \"__main__\":` "
+    "(workers are spawned, which imports the script again)"
+)
 START_TIMEOUT_S = 300  # spawn, import torch
 LOAD_TIMEOUT_S = 3600  # a large shard from a slow disk
 COMMAND_TIMEOUT_S = 600
@@ -54,6 +60,9 @@ class TPExecutor:
         except BaseException:
             self.shutdown()
             raise
+        self._unwatch = None
+        if devices[0].type == "cuda":
+            self._watch_for_deaths()
 
     @property
     def pids(self) -> list[int]:
@@ -87,15 +96,15 @@ class TPExecutor:
         while True:
             ready = wait([conn, proc.sentinel], timeout=max(0.0, deadline - time.monotonic()))
             if conn in ready:
-                try:
-                    message = conn.recv()
-                except EOFError:
-                    raise self._worker_failed(rank, self._death(rank)) from None
+                message = _receive(conn)
+                if message is None:
+                    raise self._worker_failed(rank, self._death(rank))
                 if message[0] == "error":
                     raise self._worker_error(rank, message)
                 return message[1]
             if proc.sentinel in ready:
-                raise self._worker_failed(rank, self._death(rank))
+                hint = _MAIN_GUARD_HINT if what == "start" else ""
+                raise self._worker_failed(rank, self._death(rank) + hint)
             if time.monotonic() >= deadline:
                 raise self._worker_failed(rank, f"did not finish {what} within {timeout_s:.0f} s")
 
@@ -117,13 +126,9 @@ class TPExecutor:
         while time.monotonic() < deadline:
             for rank in range(1, self.size):
                 conn, proc = self.conns[rank - 1], self.procs[rank - 1]
-                if conn.poll():
-                    try:
-                        message = conn.recv()
-                    except EOFError:
-                        return self._worker_failed(rank, self._death(rank))
-                    if message[0] == "error":
-                        return self._worker_error(rank, message)
+                message = _receive(conn) if _readable(conn) else None
+                if message is not None and message[0] == "error":
+                    return self._worker_error(rank, message)
                 if not proc.is_alive():
                     return self._worker_failed(rank, self._death(rank))
             time.sleep(0.05)
@@ -173,15 +178,55 @@ class TPExecutor:
         if not self._finalizer.alive:
             raise TensorParallelError("the tensor-parallel workers were shut down")
 
+    def _watch_for_deaths(self) -> None:
+        """CUDA: NCCL kernels wait on the GPU for a dead peer forever, so abort the group when a worker dies.
+
+        The aborted collectives fail, and the failure path names the dead rank (gloo fails by itself).
+        """
+        stop_read, self._unwatch = os.pipe()
+        sentinels = [p.sentinel for p in self.procs]
+        pg = self.group.pg
+
+        def watch():
+            ready = wait(sentinels + [stop_read])
+            os.close(stop_read)
+            if stop_read not in ready and hasattr(pg, "abort"):
+                logger.error("a tensor-parallel worker died; aborting the NCCL group")
+                pg.abort()
+
+        threading.Thread(target=watch, name="tp-worker-watch", daemon=True).start()
+
     # ----- shutdown -----------------------------------------------------------------------
 
     def shutdown(self) -> None:
         """Stop every worker (politely, then by signal); idempotent."""
+        if getattr(self, "_unwatch", None) is not None:
+            try:
+                os.write(self._unwatch, b"x")
+            except OSError:
+                pass  # the watcher already saw a death and left
+            os.close(self._unwatch)
+            self._unwatch = None
         if self._finalizer.alive:
             self._finalizer.detach()
             _stop_workers(self.procs, self.conns, STOP_GRACE_S)
         self.group = None
         self.store = None
+
+
+def _readable(conn) -> bool:
+    try:
+        return conn.poll()
+    except OSError:
+        return True  # the peer is gone: the read says so
+
+
+def _receive(conn):
+    """The next message, or None when the worker's end is closed."""
+    try:
+        return conn.recv()
+    except (EOFError, OSError):
+        return None
 
 
 def _stop_workers(procs, conns, grace_s: float) -> None:

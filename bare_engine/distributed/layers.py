@@ -68,9 +68,14 @@ def padded_piece(total: int, group) -> Piece:
     return Piece(total, start, min(per, total - start), per)
 
 
+def heads_per_rank(num_heads: int, size: int) -> int:
+    """An even split, or one replicated head when there are fewer heads than ranks."""
+    return max(1, num_heads // size)
+
+
 def head_piece(num_heads: int, head_dim: int, group) -> Piece:
-    """This rank's heads: an even split, or one replicated head when there are fewer heads than ranks."""
-    local = max(1, num_heads // group.size)
+    """This rank's heads (see ``heads_per_rank``)."""
+    local = heads_per_rank(num_heads, group.size)
     first = group.rank * num_heads // group.size
     return Piece(num_heads * head_dim, first * head_dim, local * head_dim, local * head_dim)
 

@@ -183,9 +183,9 @@ class _Worker:
     @torch.inference_mode()
     def step(self, data: bytes) -> None:
         from bare_engine.distributed.forward import run_forward
-        from bare_engine.distributed.message import decode_step, step_inputs
+        from bare_engine.distributed.message import decode_step
 
-        model_index, fields = decode_step(data, self.device)
-        input_ids, positions, logits_indices, meta = step_inputs(fields)
+        model_index, inputs = decode_step(data, self.device)
         shard = self.shards[model_index]
-        run_forward(shard.model, shard.kv_caches, self.backend, shard.graphs, input_ids, positions, meta, logits_indices)
+        run_forward(shard.model, shard.kv_caches, self.backend, shard.graphs,
+                    inputs.input_ids, inputs.positions, inputs.meta, inputs.logits_indices)
