@@ -72,12 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     try:
         summary["install"] = install(ctx, log, min(INSTALL_LIMIT_S, budget))
+        print(f"[{time.monotonic() - start:5.0f} s] install: {summary['install']['status']} ({ctx.device})", flush=True)
         summary.update(device=ctx.device, device_slug=ctx.slug)
         for part in parts.PARTS:
             left = budget - (time.monotonic() - start)
-            if interrupted or (args.only and part.name != args.only) or left < MIN_PART_S:
-                reason = "interrupted" if interrupted else ("--only" if args.only and part.name != args.only
-                                                            else "time budget spent")
+            reason = skip_reason(part.name, args.only, interrupted, left)
+            if reason:
                 summary["parts"].append({"part": part.name, "status": "skipped", "reason": reason})
                 continue
             try:
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             except Interrupted:
                 interrupted = True
                 summary["parts"].append({"part": part.name, "status": "interrupted"})
+            print(f"[{time.monotonic() - start:5.0f} s] {part.name}: {summary['parts'][-1]['status']}", flush=True)
     except Interrupted:
         interrupted = True
     finally:
@@ -98,6 +99,16 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, handler)
     print_table(summary)
     return 130 if interrupted else 0
+
+
+def skip_reason(name: str, only: str | None, interrupted: bool, seconds_left: float) -> str | None:
+    if interrupted:
+        return "interrupted"
+    if only and name != only:
+        return "--only"
+    if seconds_left < MIN_PART_S:
+        return "time budget spent"
+    return None
 
 
 def parse_args(argv):
@@ -191,6 +202,7 @@ def run_part(ctx: Context, part, limit: float, log) -> dict:
         record.update(status="failed", collect_error="the part wrote no result")
     if record["status"] != "ok":
         record["log_tail"] = text.splitlines()[-LOG_TAIL_LINES:]
+        print("\n".join(f"  | {line[-200:]}" for line in record["log_tail"][-10:]), flush=True)
     name = f"{part.name}_{ctx.slug}.json"
     write_json(ctx.out / name, record)
     if not ctx.dry_run:
