@@ -73,23 +73,37 @@ def engine_config_from(kwargs: dict):
 @click.option("--n", type=int, default=1, show_default=True, help="Samples per prompt.")
 @click.option("--ignore-eos", is_flag=True)
 @click.option("--logprobs", type=int, default=None, help="Return the top-N logprobs of each token.")
+@click.option("--sampling-step", "sampling_steps", multiple=True, metavar="NAME=VALUE",
+              help="A named sampling step, e.g. top_n_sigma=1.0 (repeatable, applied in order).")
+@click.option("--logits-processor", "logits_processors", multiple=True, metavar="MODULE:FUNCTION",
+              help="A logits processor fn(output_ids, logits) (repeatable, applied in order).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per prompt instead of plain text.")
 @engine_options
 def generate(model, prompts, as_json, **kwargs):
     """Generate continuations of one or more prompts."""
     from bare_engine.llm import LLM
     from bare_engine.sampling_params import SamplingParams
+    from bare_engine.sampling_steps import parse_step_assignments
 
     config = engine_config_from(kwargs)
-    params = SamplingParams(stop=list(kwargs.pop("stop")) or None, **kwargs)
+    steps = parse_step_assignments(kwargs.pop("sampling_steps")) or None
+    processors = list(kwargs.pop("logits_processors")) or None
+    params = SamplingParams(stop=list(kwargs.pop("stop")) or None, sampling_steps=steps,
+                            logits_processors=processors, **kwargs)
     llm = LLM(model, config)
+    errors = []
     for prompt, out in zip(prompts, llm.generate(list(prompts), params, use_tqdm=False)):
         for completion in out.outputs:
+            if completion.error:  # a logits processor failed for this sample: the others still print
+                errors.append(completion.error)
             if as_json:
                 click.echo(json.dumps({"prompt": prompt, "index": completion.index, "text": completion.text,
                                        "token_ids": completion.token_ids, "finish_reason": completion.finish_reason}))
             else:
                 click.echo(completion.text)
+    if errors:
+        click.echo(f"error: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""), err=True)
+        sys.exit(1)
 
 
 @main.command()

@@ -344,6 +344,9 @@ class LLMEngine:
 
     def _append(self, seq: Sequence, token: int, logprobs: dict[int, float] | None, eos_ids: set[int]) -> bool:
         """Add the sampled token; return True when the sequence is finished."""
+        if seq.error is not None:  # its logits processor failed: the token is not its own (logits_processors.py)
+            seq.finish_reason = "error"
+            return True
         seq.token_ids.append(token)
         if logprobs is not None and seq.logprobs is not None:
             seq.logprobs.append(logprobs)
@@ -376,6 +379,7 @@ class LLMEngine:
                     stop_reason=seq.stop_reason,
                     logprobs=seq.logprobs,
                     cumulative_logprob=seq.cumulative_logprob if seq.logprobs is not None else None,
+                    error=seq.error,
                 )
             )
         return RequestOutput(request.request_id, request.model, request.prompt_token_ids, outputs)

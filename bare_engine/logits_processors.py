@@ -64,13 +64,13 @@ def resolve_processors(items) -> list[LogitsProcessor]:
     return resolved
 
 
-def apply_logits_processors(logits: torch.Tensor, seqs) -> tuple[torch.Tensor, dict[int, str]]:
-    """Run each sequence's processors on its row of ``logits`` [B, V].
+def apply_logits_processors(logits: torch.Tensor, seqs, rows=None) -> tuple[torch.Tensor, dict[int, str]]:
+    """Run the processors of ``seqs[i]`` on row i of ``logits`` [B, V], for i in ``rows`` (default: all).
 
     Returns the logits (the same tensor when no row has processors, else a copy) and
     {row: error message} for rows whose processor failed; those rows keep their raw logits.
     """
-    rows = [i for i, seq in enumerate(seqs) if seq.params.logits_processors]
+    rows = [int(i) for i in (range(len(seqs)) if rows is None else rows) if seqs[int(i)].params.logits_processors]
     if not rows:
         return logits, {}
     out = logits.clone()

@@ -10,10 +10,11 @@ class CompletionOutput:
     index: int
     token_ids: list[int]
     text: str
-    finish_reason: str  # "stop" | "length" | "abort"
+    finish_reason: str  # "stop" | "length" | "abort" | "error"
     stop_reason: str | int | None = None  # the stop string or stop token that ended it
     logprobs: list[dict[int, float]] | None = None
     cumulative_logprob: float | None = None
+    error: str | None = None  # with finish_reason "error": what failed (e.g. a logits processor, named)
 
 
 @dataclass

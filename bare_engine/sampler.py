@@ -20,6 +20,8 @@ import torch
 
 from bare_engine.attention import triton_usable
 from bare_engine.errors import ConfigError
+from bare_engine.logits_processors import apply_logits_processors
+from bare_engine.sampling_steps import sample_with_steps
 from bare_engine.sequence import Sequence
 
 # Per-row sampling parameters: name -> (dtype, value for a sequence). Float columns travel to the
@@ -69,6 +71,8 @@ class Sampler:
         self.full = np.zeros(max_rows, bool)  # row needs more than argmax
         self.uses_penalties = np.zeros(max_rows, bool)
         self.penalty_ready = np.zeros(max_rows, bool)  # the row's PenaltyState slot holds this sequence
+        self.has_processors = np.zeros(max_rows, bool)  # logits processors (logits_processors.py)
+        self.has_steps = np.zeros(max_rows, bool)  # sampling steps on a sampled row (sampling_steps.py)
 
     @property
     def impl(self):
@@ -90,9 +94,19 @@ class Sampler:
         self.full[row] = needs_full_sampler(seq)
         self.uses_penalties[row] = seq.params.uses_penalties
         self.penalty_ready[row] = False
+        self.has_processors[row] = bool(seq.params.logits_processors)
+        self.has_steps[row] = bool(seq.params.sampling_steps) and not seq.params.greedy
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence], rows: np.ndarray, lens: np.ndarray) -> SamplerOutput:
-        """Sample the next token of each sequence; ``rows`` are their rows, ``lens`` their lengths."""
+        """Sample the next token of each sequence; ``rows`` are their rows, ``lens`` their lengths.
+
+        Logits processors run first on their rows; a failing one sets ``seq.error`` (the engine
+        finishes that sequence). Rows with sampling steps get them inside the same seeded draw.
+        """
+        if self.has_processors[rows].any():
+            logits, errors = apply_logits_processors(logits, seqs, np.flatnonzero(self.has_processors[rows]))
+            for i, message in errors.items():
+                seqs[i].error = message
         if self.penalties is None and not self.full[rows].any():
             return SamplerOutput(logits.argmax(dim=-1).tolist())
         if self.penalties is None and self.uses_penalties[rows].any():
@@ -101,7 +115,12 @@ class Sampler:
         num_logprobs = int(self.num_logprobs[rows].max())
         num_logprobs = None if num_logprobs < 0 else num_logprobs
         # SamplingParams were validated when the request arrived; skip the kernel's host-syncing check.
-        result = self.impl.sample(logits, params, self.penalties, num_logprobs, validate=False)
+        if self.has_steps[rows].any():
+            row_steps = [s.params.sampling_steps if step else None for s, step in zip(seqs, self.has_steps[rows])]
+            result = sample_with_steps(self.impl, logits, params, self.penalties, num_logprobs, row_steps,
+                                       use_kernel=self.use_triton)
+        else:
+            result = self.impl.sample(logits, params, self.penalties, num_logprobs, validate=False)
         if self.penalties is not None:
             self.penalties.add_tokens(params.penalty_rows, result.token_ids)
         return self._unpack(result, rows)

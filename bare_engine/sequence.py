@@ -43,6 +43,7 @@ class Sequence:
         self.max_len = 1 << 62  # total length at which it stops (max_tokens / context), set by the engine
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
+        self.error: str | None = None  # why it failed (a logits processor raised): finish_reason "error"
         self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
         self.cumulative_logprob = 0.0
         self.detok = None  # incremental detokenizer state, set by the engine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import types
@@ -84,9 +85,20 @@ def overrides_from_flags(params: dict) -> dict[str, object]:
     return overrides
 
 
-def _run(config_path: str | None, print_config: bool, **params) -> None:
+def _step_overrides(items: tuple[str, ...]) -> dict[str, object]:
+    """--sampling-step NAME=VALUE (repeatable): the same steps for every stage."""
+    if not items:
+        return {}
+    from bare_engine.pipeline.config import SamplingSection
+    from bare_engine.sampling_steps import parse_step_assignments
+
+    steps = parse_step_assignments(items)
+    return {f"sampling.{f.name}.sampling_steps": steps for f in dataclasses.fields(SamplingSection)}
+
+
+def _run(config_path: str | None, print_config: bool, sampling_step: tuple[str, ...] = (), **params) -> None:
     try:
-        cfg = load_config(config_path, overrides_from_flags(params))
+        cfg = load_config(config_path, {**overrides_from_flags(params), **_step_overrides(sampling_step)})
         if print_config:
             click.echo(dump_config(cfg), nl=False)
             return
@@ -115,6 +127,9 @@ run_command = click.Command(
     params=[
         click.Argument(["config_path"], required=False, metavar="[CONFIG]"),
         click.Option(["--print-config"], is_flag=True, help="Print the merged config (YAML) and exit."),
+        click.Option(["--sampling-step", "sampling_step"], multiple=True, metavar="NAME=VALUE",
+                     help="A sampling step for every stage, e.g. top_n_sigma=1.0 (repeatable; per stage: "
+                          "[sampling.<stage>] sampling_steps)."),
         *(_option(key) for key in config_keys()),
     ],
     help=(

@@ -49,6 +49,8 @@ class StageSampling:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     max_tokens: int = 1000
+    logits_processors: list[str] | None = None  # "module:function" per processor (see logits_processors.py)
+    sampling_steps: dict[str, float] | None = None  # e.g. {top_n_sigma = 1.0} (see sampling_steps.py)
 
     def params(self, seed: int, stop: list[str] | None = None) -> SamplingParams:
         return SamplingParams(**dataclasses.asdict(self), seed=seed, stop=stop)
@@ -223,7 +225,7 @@ def _merge(into: dict, new: dict, prefix: tuple[str, ...]) -> None:
             close = difflib.get_close_matches(dotted, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown config key '{dotted}'{hint}")
-        section = isinstance(into[key], dict) and key != "field_markers"
+        section = isinstance(into[key], dict) and key not in ("field_markers", "sampling_steps")
         if section:
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{dotted}' must be a table of keys")
@@ -268,6 +270,10 @@ def coerce(path: tuple[str, ...], value: object, hint: object) -> object:
     if origin is list:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
         return list(value) if ok else bad("a list of strings")
+    if origin is dict and typing.get_args(hint)[1:] == (float,):
+        ok = isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in value.items())
+        return {k: float(v) for k, v in value.items()} if ok else bad("a table of numbers")
     if origin is dict:
         ok = isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
         return dict(value) if ok else bad("a table of strings")

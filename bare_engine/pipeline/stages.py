@@ -103,8 +103,8 @@ class StagePlanner:
         """Record a finished stage (a RequestOutput); set the parsed fields or the drop reason."""
         completion = output.outputs[0]
         fields, reason = self.cfg.templates.parse_with_reason(completion.text)
-        if completion.finish_reason == "abort":
-            reason = "abort"
+        if completion.finish_reason in ("abort", "error"):  # error: a logits processor failed
+            reason = completion.finish_reason
         elif completion.finish_reason == "length" and self.cfg.drop_truncated:
             reason = "length"
         cand.stages[stage] = {
