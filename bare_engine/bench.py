@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from bare_engine.config import EngineConfig
 from bare_engine.llm import LLM
+from bare_engine.loader import checkpoint_num_parameters
 from bare_engine.sampling_params import SamplingParams
 
 PRESETS = {
@@ -179,7 +180,7 @@ def run_throughput_benchmark(
         model_dir = Path(model_dir) if model_dir else preset_model_dir(preset, tmp)
         llm = LLM(model_dir, config)
         device, dtype = llm.engine.device, llm.engine.dtype
-        num_params = sum(p.numel() for p in llm.engine.runners["default"].model.parameters())
+        num_params = checkpoint_num_parameters(model_dir)  # the whole model, also when sharded over ranks
         runs = []
         for workload in workloads:
             requests = make_requests(workload, num_requests, vocab_size)
@@ -199,8 +200,10 @@ def run_throughput_benchmark(
             step = steady_decode(llm.engine, model_dir, **decode)
             report["decode_step"] = {**step, **roofline(step, copy_bandwidth(device)),
                                      "peak_bandwidth_Bps": peak_bandwidth(device_name(device))}
-        path = out_dir / f"throughput_{report['device']}_{preset}.json"
+        tp = f"_tp{config.tensor_parallel_size}" if config.tensor_parallel_size > 1 else ""
+        path = out_dir / f"throughput_{report['device']}{tp}_{preset}.json"
         path.write_text(json.dumps(report, indent=2) + "\n")
+        llm.shutdown()
         del llm
         _release(device)  # the baseline needs the memory of the engine's KV pool
         for row, (_, requests, engine) in zip(report["results"], runs):

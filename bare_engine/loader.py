@@ -9,6 +9,7 @@ layer's ``placement`` says, so a checkpoint is read once in all, not once per ra
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Callable, Iterator
@@ -79,6 +80,11 @@ class _TensorSlice:
             return self.handle[index]
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise CheckpointError(f"cannot read safetensors file {self.path.name}: {exc}") from None
+
+
+def checkpoint_num_parameters(model_dir: Path) -> int:
+    """Parameters stored in a checkpoint (read from the headers only)."""
+    return sum(math.prod(t.shape) for _, t in iter_tensor_slices(checkpoint_files(Path(model_dir))))
 
 
 def iter_tensor_slices(files: list[Path]) -> Iterator[tuple[str, _TensorSlice]]:
