@@ -96,7 +96,19 @@ def _step_overrides(items: tuple[str, ...]) -> dict[str, object]:
     return {f"sampling.{f.name}.sampling_steps": steps for f in dataclasses.fields(SamplingSection)}
 
 
+def preset_table() -> str:
+    from bare_engine.pipeline.presets import describe_presets
+
+    rows = [("preset", "fields", "task")] + describe_presets()
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    lines = [f"{name:<{width[0]}}  {fields:<{width[1]}}  {task}" for name, fields, task in rows]
+    return "\n".join(lines) + "\n\nbare-engine run --preset NAME [CONFIG] [--key value ...]: the config file and flags override the preset."
+
+
 def _run(config_path: str | None, print_config: bool, sampling_step: tuple[str, ...] = (), **params) -> None:
+    if params.get("cfg__preset") == "list":
+        click.echo(preset_table())
+        return
     try:
         cfg = load_config(config_path, {**overrides_from_flags(params), **_step_overrides(sampling_step)})
         if print_config:

@@ -22,13 +22,14 @@ import yaml
 
 from bare_engine.errors import ConfigError, InvalidSamplingParamsError
 from bare_engine.pipeline.annotate_prompt import DEFAULT_ANNOTATE_TEMPLATE, DEFAULT_STOP, validate_annotate
+from bare_engine.pipeline.presets import preset_file
 from bare_engine.pipeline.templates import DEFAULT_TASK, Templates
 from bare_engine.sampling_params import SamplingParams
 
 MODES = ("bare", "base", "instruct", "refine", "annotate")
 SEED_ORDERS = ("fixed", "shuffle")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-INPUT_PATH_KEYS = ("base", "instruct", "seeds", "candidates", "teacher", "teacher_base", "input")
+INPUT_PATH_KEYS = ("base", "instruct", "seeds", "candidates", "teacher", "teacher_base", "input", "grounding")
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 
 # Which stages each mode runs, in order, and which model each stage uses.
@@ -85,10 +86,13 @@ class EngineSection:
 
 @dataclass
 class PipelineConfig:
+    preset: str | None = None  # a BARE paper task (pipeline/presets/); the config file and flags override it
     mode: str = "bare"
     base: str | None = None  # base model directory
     instruct: str | None = None  # instruct model directory
     seeds: str | None = None  # seed examples (JSONL)
+    grounding: str | None = None  # JSONL whose rows ground the candidates (row i % rows for candidate i)
+    grounding_fields: list[str] = field(default_factory=list)  # fields taken from `grounding`, not generated
     candidates: str | None = None  # refine mode: JSONL of candidates to refine
     out: str = "bare_output.jsonl"
     num: int = 100
@@ -175,8 +179,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, object] | N
     """The validated config: defaults, then the file (bundled default when None), then `overrides`
     (dotted key -> value, e.g. from CLI flags)."""
     data = PipelineConfig().to_dict()
-    file = Path(path) if path is not None else DEFAULT_CONFIG
-    _merge(data, _read_file(file), ())
+    file_data = _read_file(Path(path) if path is not None else DEFAULT_CONFIG)
+    preset = (overrides or {}).get("preset", file_data.get("preset"))
+    layers = [file_data] if preset is None else (
+        [file_data, _read_file(preset_file(preset))] if path is None else [_read_file(preset_file(preset)), file_data]
+    )
+    for layer in layers:  # a preset lies under a config file, over the bundled default
+        _merge(data, layer, ())
     for dotted, value in (overrides or {}).items():
         _merge(data, _nest(dotted.split("."), value), ())
     cfg = from_dict(data)
@@ -312,7 +321,12 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"engine.dtype must be one of {', '.join(DTYPES)}, got {cfg.engine.dtype!r}")
     if cfg.engine.max_num_seqs < 1:
         raise ConfigError(f"engine.max_num_seqs must be >= 1, got {cfg.engine.max_num_seqs}")
-    cfg.templates.validate(cfg.fields)
+    unknown = [f for f in cfg.grounding_fields if f not in cfg.fields]
+    if unknown:
+        raise ConfigError(f"grounding_fields names {unknown[0]!r}, which is not one of the fields {cfg.fields}")
+    if cfg.grounding_fields and not cfg.grounding:
+        raise ConfigError("grounding_fields needs a grounding file (set 'grounding' or --grounding)")
+    cfg.templates.validate(cfg.fields, cfg.grounding_fields)
     for stage in ("base", "refine", "instruct", "annotate"):
         try:
             getattr(cfg.sampling, stage).params(seed=0)
@@ -324,7 +338,7 @@ def validate(cfg: PipelineConfig) -> None:
 # may be resumed with different values. Model paths and input files are compared
 # through their content fingerprints (see manifest.py), not their paths.
 RESUME_FREE_KEYS = {
-    "num", "out", "progress", "max_in_flight", "max_candidates",
+    "num", "out", "progress", "max_in_flight", "max_candidates", "preset",
     "data_parallel", "ray_address",
     "base", "instruct", "seeds", "candidates", "teacher", "teacher_base", "input",
     "engine.num_kv_blocks", "engine.gpu_memory_utilization", "engine.max_num_seqs",

@@ -40,6 +40,14 @@ def load_candidates(path: str | Path, fields: list[str]) -> list[Example]:
     return out
 
 
+def load_grounding(path: str | Path, fields: list[str]) -> list[dict[str, str]]:
+    """The grounding rows (e.g. RAFT contexts): candidate i is grounded in row i % len(rows)."""
+    rows = [_fields(row, fields, path, line_no, "grounding") for line_no, row in read_jsonl_rows(path, "grounding")]
+    if not rows:
+        raise ConfigError(f"grounding file {path} has no rows")
+    return rows
+
+
 def _fields(row: dict, fields: list[str], path, line_no: int, what: str) -> dict[str, str]:
     out = {}
     for name in fields:

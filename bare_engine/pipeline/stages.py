@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from bare_engine.pipeline.config import STAGE_MODEL, PipelineConfig
-from bare_engine.pipeline.seeds import Example
+from bare_engine.pipeline.seeds import Example, load_grounding
 from bare_engine.sampling_params import SamplingParams
 
 
@@ -28,6 +28,7 @@ class Candidate:
     index: int
     shots: list[Example]
     input: Example | None = None  # refine mode: the candidate read from the file
+    grounding: dict[str, str] = field(default_factory=dict)  # its grounding fields (e.g. a RAFT context)
     fields: dict[str, str] | None = None  # the latest stage's parsed fields
     stages: dict[str, dict] = field(default_factory=dict)  # finished stage -> stage record
     drop_reason: str | None = None
@@ -60,10 +61,13 @@ class StagePlanner:
         self.seeds = seeds
         self.tokenizer = tokenizer  # model name -> HF tokenizer (for chat templates)
         self.inputs = inputs
+        self.grounding = load_grounding(cfg.grounding, cfg.grounding_fields) if cfg.grounding_fields else []
         self.model_labels = {name: Path(cfg.model_path(name)).name for name in cfg.model_names}
 
     def candidate(self, index: int) -> Candidate:
         cand = Candidate(index, self._shots(index))
+        if self.grounding:
+            cand.grounding = self.grounding[index % len(self.grounding)]
         if self.inputs is not None:
             cand.input = self.inputs[index]
             cand.fields = dict(cand.input.fields)
@@ -81,13 +85,13 @@ class StagePlanner:
         shots = [s.fields for s in cand.shots]
         seed = derive_seed(cfg.seed, cand.index, stage)
         if stage == "base":
-            prompt = t.base(cfg.task, shots)
+            prompt = t.base(cfg.task, shots, cand.grounding)
             params = cfg.sampling.base.params(seed, stop=[t.stop_string])
         elif stage == "refine":
-            prompt = self._chat(STAGE_MODEL[stage], t.refine(cfg.task, shots, cand.fields))
+            prompt = self._chat(STAGE_MODEL[stage], t.refine(cfg.task, shots, cand.fields, cand.grounding))
             params = cfg.sampling.refine.params(seed)
         else:
-            prompt = self._chat(STAGE_MODEL[stage], t.instruct(cfg.task, shots))
+            prompt = self._chat(STAGE_MODEL[stage], t.instruct(cfg.task, shots, cand.grounding))
             params = cfg.sampling.instruct.params(seed)
         return request_id(stage, cand.index), prompt, params, STAGE_MODEL[stage]
 
@@ -102,7 +106,11 @@ class StagePlanner:
     def finish(self, cand: Candidate, stage: str, output) -> None:
         """Record a finished stage (a RequestOutput); set the parsed fields or the drop reason."""
         completion = output.outputs[0]
-        fields, reason = self.cfg.templates.parse_with_reason(completion.text)
+        prefix = self.cfg.templates.completion_prefix if stage == "base" else ""
+        fields, reason = self.cfg.templates.parse_with_reason(prefix + completion.text)
+        if fields is not None and self.cfg.grounding_fields:
+            given = cand.fields if stage == "refine" and cand.fields else cand.grounding
+            fields = {name: given[name] if name in self.cfg.grounding_fields else fields[name] for name in self.cfg.fields}
         if completion.finish_reason in ("abort", "error"):  # error: a logits processor failed
             reason = completion.finish_reason
         elif completion.finish_reason == "length" and self.cfg.drop_truncated:

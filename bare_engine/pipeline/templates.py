@@ -5,9 +5,12 @@ Templates are `str.format` strings. Placeholders:
   {examples}  the seed examples, each rendered with `example` and wrapped in the markers
   {candidate} the candidate to refine, rendered like an example (refine_prompt only)
   {separator} {start_marker} {end_marker}  the configured strings
-  {<field>}   inside `example`: one of the configured fields
-The base prompt ends with an open start marker and the end marker is the stop string,
-as in the BARE paper's base stage.
+  {n}         the number of the example the base model writes (k + 1)
+  {<field>}   inside `example`: one of the configured fields; in refine_prompt: the
+              candidate's fields; in every prompt: the candidate's grounding fields
+              (e.g. a RAFT context, see `grounding` in config.py)
+`{index}` in start_marker is the example's number (1, 2, ...). The base prompt ends with an
+open start marker and the end marker is the stop string, as in the BARE paper's base stage.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ DEFAULT_TASK = "Grade-school math word problems. Each has a question and a worke
 
 # Placeholders each prompt template may use (besides the fields inside `example`).
 PROMPT_PLACEHOLDERS = {
-    "base_prompt": {"task", "separator", "examples", "start_marker", "end_marker"},
-    "refine_prompt": {"task", "separator", "examples", "start_marker", "end_marker", "candidate"},
-    "instruct_prompt": {"task", "separator", "examples", "start_marker", "end_marker"},
+    "base_prompt": {"task", "separator", "examples", "start_marker", "end_marker", "n"},
+    "refine_prompt": {"task", "separator", "examples", "start_marker", "end_marker", "n", "candidate"},
+    "instruct_prompt": {"task", "separator", "examples", "start_marker", "end_marker", "n"},
 }
+RESERVED_NAMES = set().union(*PROMPT_PLACEHOLDERS.values())
 
 
 @dataclass
@@ -49,36 +53,49 @@ class Templates:
         "{task}\n\nHere are some examples:{separator}{examples}{separator}"
         "Write one new example in the same format. Start your response with the question."
     )
+    # Wrap the examples (and the candidate) of the chat stages' prompts in the markers too;
+    # the BARE paper shows them bare there.
+    chat_markers: bool = True
+    # The end of the base prompt that belongs to the candidate (e.g. "##Question: "): put back
+    # before the base completion when it is parsed into fields.
+    completion_prefix: str = ""
 
     @property
     def stop_string(self) -> str:
         """The base stage's stop string: the end marker without surrounding whitespace."""
         return self.end_marker.strip() or self.end_marker
 
-    def render_example(self, record: dict[str, str]) -> str:
-        return self.start_marker + self.example.format(**record) + self.end_marker
+    def open_marker(self, index: int) -> str:
+        return self.start_marker.replace("{index}", str(index))
 
-    def render_examples(self, records: list[dict[str, str]]) -> str:
-        return self.separator.join(self.render_example(r) for r in records)
+    def render_example(self, record: dict[str, str], index: int = 1, marked: bool = True) -> str:
+        body = self.example.format(**record)
+        return self.open_marker(index) + body + self.end_marker if marked else body
 
-    def _common(self, task: str, seeds: list[dict[str, str]]) -> dict[str, str]:
+    def render_examples(self, records: list[dict[str, str]], marked: bool = True) -> str:
+        return self.separator.join(self.render_example(r, i + 1, marked) for i, r in enumerate(records))
+
+    def _common(self, task: str, seeds: list[dict[str, str]], marked: bool, grounding: dict | None) -> dict[str, str]:
+        n = len(seeds) + 1
         return dict(
-            task=task, separator=self.separator, examples=self.render_examples(seeds),
-            start_marker=self.start_marker, end_marker=self.end_marker,
+            grounding or {}, task=task, separator=self.separator, examples=self.render_examples(seeds, marked),
+            start_marker=self.open_marker(n), end_marker=self.end_marker, n=str(n),
         )
 
-    def base(self, task: str, seeds: list[dict[str, str]]) -> str:
-        return self.base_prompt.format(**self._common(task, seeds))
+    def base(self, task: str, seeds: list[dict[str, str]], grounding: dict | None = None) -> str:
+        return self.base_prompt.format(**self._common(task, seeds, True, grounding))
 
-    def refine(self, task: str, seeds: list[dict[str, str]], candidate: dict[str, str]) -> str:
+    def refine(self, task: str, seeds: list[dict[str, str]], candidate: dict[str, str],
+               grounding: dict | None = None) -> str:
         """The user message of the refine chat (rendered through the chat template by the caller)."""
+        common = self._common(task, seeds, self.chat_markers, {**(grounding or {}), **candidate})
         return self.refine_prompt.format(
-            **self._common(task, seeds), candidate=self.render_example(candidate)
+            **common, candidate=self.render_example(candidate, len(seeds) + 1, self.chat_markers)
         )
 
-    def instruct(self, task: str, seeds: list[dict[str, str]]) -> str:
+    def instruct(self, task: str, seeds: list[dict[str, str]], grounding: dict | None = None) -> str:
         """The user message of the instruct-only baseline chat."""
-        return self.instruct_prompt.format(**self._common(task, seeds))
+        return self.instruct_prompt.format(**self._common(task, seeds, self.chat_markers, grounding))
 
     def parse(self, text: str) -> dict[str, str] | None:
         """Split generated text into fields by the field markers; None when a field is missing or empty."""
@@ -113,14 +130,25 @@ class Templates:
         order = {name: i for i, name in enumerate(dict.fromkeys(placeholders(self.example)))}
         return sorted(self.field_markers.items(), key=lambda item: order.get(item[0], len(order)))
 
-    def validate(self, fields: list[str]) -> None:
-        """Raise ConfigError when a template names an unknown placeholder or the markers do not match the fields."""
+    def validate(self, fields: list[str], grounded: list[str] = ()) -> None:
+        """Raise ConfigError when a template names an unknown placeholder or the markers do not match the
+        fields (`grounded` fields come from the grounding file and are not parsed)."""
         _check_placeholders("templates.example", self.example, set(fields))
+        reserved = sorted(RESERVED_NAMES & set(fields))
+        if reserved:
+            raise ConfigError(f"field name {reserved[0]!r} is a template placeholder; rename the field")
         for name, allowed in PROMPT_PLACEHOLDERS.items():
-            _check_placeholders(f"templates.{name}", getattr(self, name), allowed)
-        if set(self.field_markers) != set(fields) or len(self.field_markers) != len(fields):
+            extra = set(fields) if name == "refine_prompt" else set(grounded)
+            _check_placeholders(f"templates.{name}", getattr(self, name), allowed | extra)
+        parsed = [f for f in fields if f not in grounded]
+        if set(self.field_markers) != set(parsed) or len(self.field_markers) != len(parsed):
             raise ConfigError(
-                f"templates.field_markers must have one marker per field {fields}, got {list(self.field_markers)}"
+                f"templates.field_markers must have one marker per field {parsed}"
+                + (" (grounding fields have none)" if grounded else "") + f", got {list(self.field_markers)}"
+            )
+        if not self.base_prompt.endswith(self.completion_prefix):
+            raise ConfigError(
+                f"templates.completion_prefix {self.completion_prefix!r} must be the end of templates.base_prompt"
             )
         unused = [name for name in fields if name not in placeholders(self.example)]
         if unused:
