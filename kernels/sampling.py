@@ -26,6 +26,10 @@ If the candidates overflow ``CAP`` (huge top_k, nearly flat distributions) or th
 top-p mass bound proves too loose, the last kernel falls back to bisection by
 passes over the row, skipping sub-blocks below the bracket: same result, slower.
 
+Logits processors and named sampling steps (top-nσ, ...) run outside these kernels, in
+``bare_engine/logits_processors.py`` and ``bare_engine/sampling_steps.py``: a row with
+steps arrives here as its filtered logits with neutral parameters.
+
 One file per pass and per concern (this module launches them and holds the shapes):
 
 =========================  ==================================================

@@ -38,6 +38,12 @@ rows. ``top_ids`` lists the n tokens of highest logprob, descending, ties by low
 token index; slots beyond the number of tokens with a finite logprob hold id -1
 and logprob -inf. Rows whose logits are all -inf or NaN give an undefined token.
 
+Around these steps, outside the kernels: per-request logits processors run on the raw
+logits before step 1 (``bare_engine/logits_processors.py``), and named sampling steps
+(``bare_engine/sampling_steps.py``, e.g. top-nσ) between steps 3 and 4 on sampled rows:
+such a row comes here as its filtered ``z'`` with temperature 1 and no penalties, bias or
+mask, keeping its seed, position and filters, so it goes through the same seeded draw.
+
 The uniforms match the kernel bit for bit; the Gumbel transform and the sums here
 run in float64 so that the reference itself is batch-invariant (float32 reductions
 on CPU can change order with the batch shape). Kernel and reference therefore agree
