@@ -173,3 +173,9 @@ def test_parse_step_assignments():
     for bad in ("top_n_sigma", "top_n_sigma=x", "=1"):
         with pytest.raises(InvalidSamplingParamsError, match="expected NAME=NUMBER"):
             parse_step_assignments([bad])
+
+
+@pytest.mark.cuda
+def test_top_n_sigma_passes_the_harness_on_a_gpu_at_real_vocabulary_sizes():
+    report = check_sampling_step("top_n_sigma", device="cuda", vocab_sizes=(1, 1000, 32000, 151936))
+    assert report.kernel_checked and report.cases == 20
