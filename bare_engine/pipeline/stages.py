@@ -14,6 +14,7 @@ from typing import Callable
 
 from bare_engine.pipeline.config import STAGE_MODEL, PipelineConfig
 from bare_engine.pipeline.seeds import Example, load_grounding
+from bare_engine.prompts import render_chat
 from bare_engine.sampling_params import SamplingParams
 
 
@@ -96,12 +97,9 @@ class StagePlanner:
         return request_id(stage, cand.index), prompt, params, STAGE_MODEL[stage]
 
     def _chat(self, model: str, user_message: str) -> list[int]:
-        tok = self.tokenizer(model)
         messages = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
         messages.append({"role": "user", "content": user_message})
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        # The rendered text already holds whatever special tokens the template wants.
-        return list(tok(text, add_special_tokens=False)["input_ids"])
+        return render_chat(self.tokenizer(model), messages)[1]
 
     def finish(self, cand: Candidate, stage: str, output) -> None:
         """Record a finished stage (a RequestOutput); set the parsed fields or the drop reason."""
