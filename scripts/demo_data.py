@@ -21,11 +21,12 @@ TASK_VARIANTS = [
     "Arithmetic story problems. Each answer shows the steps and ends with '#### <final number>'.",
 ]
 STRAY_LINES = ["Here are more problems:", "---", "Note: check your work.", "(continued)", "Practice set"]
-SEED_WORLD = WorldSlice(max_ops=3)
+SEED_WORLD = FULL
 
-# Share of base-document examples that carry noise, by kind.
-BASE_NOISE = {"wrong_final": 0.04, "wrong_step": 0.04, "changed_number": 0.03, "typo": 0.03,
-              "wrong_item": 0.01, "off_format": 0.03}
+# Share of base-document examples that carry noise, by kind (30% in all: pages scraped from
+# the web are full of slips, which a base model learns along with everything else).
+BASE_NOISE = {"wrong_final": 0.06, "wrong_step": 0.08, "changed_number": 0.05, "typo": 0.04,
+              "wrong_item": 0.03, "off_format": 0.04}
 
 
 def pick_task(rng: random.Random) -> str:
@@ -69,13 +70,14 @@ def base_document(rng: random.Random, n_examples: int) -> str:
 def arithmetic_line(rng: random.Random, world: WorldSlice = FULL) -> str:
     """One sum in the ranges the world's problems use."""
     op = rng.choice("+-*/")
+    top = world.max_value + 2 * world.max_amount  # sums run past max_value
     if op == "+":
-        a, b = rng.randint(0, world.max_value), rng.randint(2, world.max_amount)
+        a, b = rng.randint(0, top), rng.randint(2, world.max_amount)
     elif op == "-":
         b = rng.randint(2, world.max_amount)
-        a = rng.randint(b, world.max_value)
+        a = rng.randint(b, top)
     elif op == "*" and rng.random() < 0.5:  # the times table of the "k groups of k2" starts
-        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        a, b = rng.randint(2, world.max_table), rng.randint(2, world.max_table)
     elif op == "*":
         b = rng.randint(2, world.max_factor)
         a = rng.randint(2, world.max_value // b)
@@ -102,9 +104,12 @@ def instruct_pair(rng: random.Random) -> tuple[str, str]:
     return user, render_body(clean(generate_problem(rng, NARROW)))
 
 
-def refine_pair(rng: random.Random) -> tuple[str, str]:
-    """'Improve this example' -> the corrected example (clean candidates are kept as they are)."""
-    record = clean(generate_problem(rng, FULL))
+def refine_pair(rng: random.Random, record: dict | None = None) -> tuple[str, str]:
+    """'Improve this example' -> the corrected example (clean candidates are kept as they are).
+
+    The candidate is a clean problem (from the world when `record` is None), corrupted 80% of
+    the time; the reply copies it and fixes what is wrong."""
+    record = clean(record or generate_problem(rng, FULL))
     target = record
     if rng.random() < 0.8:
         candidate = corrupt(record, rng)
@@ -113,8 +118,25 @@ def refine_pair(rng: random.Random) -> tuple[str, str]:
             target = {"question": candidate["question"], "answer": worked_answer(candidate["question"])}
     else:
         candidate = record
-    user = TEMPLATES.refine(pick_task(rng), seed_examples(rng), candidate)
-    return user, render_body(target)
+    return refine_message(rng, candidate), render_body(target)
+
+
+def own_output_pair(rng: random.Random, candidate: dict) -> tuple[str, str] | None:
+    """A refine pair from one of the base model's own outputs (None when its question does not
+    read as a problem): the reply keeps its question and writes the correct worked answer.
+    An output the base already got right is corrupted half the time, so that the refiner also
+    sees that problem with the mistakes it would get from the base."""
+    answer = worked_answer(candidate["question"])
+    if answer is None:
+        return None
+    target = {"question": candidate["question"], "answer": answer}
+    if candidate["answer"].strip() == answer and rng.random() < 0.5:
+        return refine_pair(rng, target)
+    return refine_message(rng, clean(candidate)), render_body(target)
+
+
+def refine_message(rng: random.Random, candidate: dict) -> str:
+    return TEMPLATES.refine(pick_task(rng), seed_examples(rng), candidate)
 
 
 def seeds(n: int = 20, seed: int = 1234) -> list[dict]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 EOS = "<|end|>"
@@ -17,9 +17,12 @@ CHAT_TEMPLATE = (
 
 def train_tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
-    # Single digits keep arithmetic learnable; byte-level makes any text round-trip.
+    # Single digits keep arithmetic learnable. A number's leading space stays on its first
+    # digit (" 26" -> " 2", "6"), so "gives 6" is two tokens and a plain induction head can
+    # copy a number from the question; a bare space token before every digit would hide it.
+    # Byte-level makes any text round-trip.
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Split(Regex(r" ?\d"), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False),
     ])
     tok.decoder = decoders.ByteLevel()

@@ -2,8 +2,12 @@
 
     nice -n 10 python scripts/train_demo.py --out bare_engine/demo/models
 
-Seeded and reproducible on CPU (2 threads). `--quick` trains a tiny smoke version in seconds.
-Writes <out>/base and <out>/instruct in Hugging Face layout (bf16 safetensors) and the seeds file.
+Seeded and reproducible on CPU (2 threads). `--quick` trains a tiny smoke version in seconds;
+`--base-steps/--instruct-steps` shorten a trial run. Writes <out>/base and <out>/instruct in
+Hugging Face layout (bf16 safetensors) and the seeds file.
+
+The shipped pair predates this recipe: it was trained by this script as of commit 3207948
+(issue 16: the copy-and-fix recipe below has not been run at full length yet).
 """
 
 from __future__ import annotations
@@ -14,15 +18,20 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from demo_data import arithmetic_document, base_document, instruct_pair, refine_pair, seeds  # noqa: E402
+from demo_data import (  # noqa: E402
+    TEMPLATES, arithmetic_document, base_document, instruct_pair, own_output_pair, pick_task, refine_pair,
+    seed_examples, seeds,
+)
 from demo_tokenizer import train_tokenizer  # noqa: E402
+
+from bare_engine.demo.world import worked_answer  # noqa: E402
 
 MAX_POSITIONS = 2048
 DEFAULT_SEEDS_PATH = Path(__file__).resolve().parent.parent / "bare_engine" / "demo" / "data" / "seeds.jsonl"
@@ -40,20 +49,23 @@ class Settings:
     base_steps: int = 700
     base_batch: int = 8
     base_arithmetic: int = 2  # rows per base batch that are pages of sums
-    base_len: int = 704
+    base_len: int = 576
     base_lr: float = 3e-3
-    instruct_steps: int = 200
+    own_outputs: int = 192  # base samples that become "improve this" candidates
+    instruct_steps: int = 250
     instruct_batch: int = 8
-    instruct_len: int = 1024
+    instruct_arithmetic: int = 1  # rows per instruct batch that are pages of sums (plain text)
+    instruct_len: int = 640
     instruct_lr: float = 1e-3
-    instruct_share: float = 0.35  # share of "write one" tasks (the rest are "improve this")
+    instruct_share: float = 0.3  # share of "write one" tasks (the rest are "improve this")
+    own_share: float = 0.5  # share of "improve this" tasks whose candidate is a base output
     warmup: int = 30
     log_every: int = 25
 
 
 QUICK = Settings(vocab_size=400, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128,
-                 tokenizer_docs=40, base_steps=4, base_batch=2, base_arithmetic=1, base_len=256, instruct_steps=4,
-                 instruct_batch=2, instruct_len=700, warmup=2, log_every=2)
+                 tokenizer_docs=40, base_steps=4, base_batch=2, base_arithmetic=1, base_len=256, own_outputs=4,
+                 instruct_steps=4, instruct_batch=2, instruct_len=700, warmup=2, log_every=2)
 
 
 def model_config(s: Settings, tok):
@@ -93,10 +105,33 @@ def pad_batch(rows: list[tuple[list[int], list[int]]], pad_id: int):
 def base_rows(rng: random.Random, tok, s: Settings):
     rows = []
     for i in range(s.base_batch):
-        text = arithmetic_document(rng, 80) if i < s.base_arithmetic else base_document(rng, n_examples=8)
+        text = arithmetic_document(rng, 50) if i < s.base_arithmetic else base_document(rng, n_examples=5)
         ids = tok(text).input_ids[: s.base_len]
         rows.append((ids, ids))
     return rows
+
+
+def sample_own_outputs(model, tok, rng: random.Random, n: int, batch: int = 64) -> list[dict]:
+    """The base model's parsed continuations of base prompts (3 fresh seed examples each),
+    sampled as the pipeline's base stage samples them (temperature 0.7)."""
+    from transformers import GenerationConfig
+
+    tok.padding_side = "left"
+    config = GenerationConfig(do_sample=True, temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=200,
+                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    out = []
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            prompts = [TEMPLATES.base(pick_task(rng), seed_examples(rng)) for _ in range(min(batch, n - start))]
+            enc = tok(prompts, return_tensors="pt", padding=True)
+            ids = model.generate(**enc, generation_config=config)[:, enc.input_ids.shape[1]:]
+            for text in tok.batch_decode(ids, skip_special_tokens=True):
+                record = TEMPLATES.parse(text.split(TEMPLATES.stop_string)[0])
+                if record is not None:
+                    out.append(record)
+    tok.padding_side = "right"
+    return out
+
 
 
 def chat_prompt_ids(tok, user: str) -> list[int]:
@@ -104,17 +139,32 @@ def chat_prompt_ids(tok, user: str) -> list[int]:
     return tok(text).input_ids
 
 
-def instruct_rows(rng: random.Random, tok, s: Settings):
-    """Chat pairs; the loss covers only the assistant's tokens (and its closing EOS)."""
+def instruct_rows(rng: random.Random, tok, s: Settings, own: list[dict]):
+    """Chat pairs (the loss covers only the assistant's tokens and its closing EOS), plus
+    pages of sums as plain text (mixing pretraining text into fine-tuning)."""
     rows = []
+    for _ in range(s.instruct_arithmetic):
+        ids = tok(arithmetic_document(rng, 50)).input_ids[: s.instruct_len]
+        rows.append((ids, ids))
     while len(rows) < s.instruct_batch:
-        user, reply = instruct_pair(rng) if rng.random() < s.instruct_share else refine_pair(rng)
+        pair = chat_pair(rng, s, own)
+        if pair is None:
+            continue
+        user, reply = pair
         prompt = chat_prompt_ids(tok, user)
         target = tok(reply).input_ids + [tok.eos_token_id]
         ids = prompt + target
         if len(ids) <= s.instruct_len:
             rows.append((ids, [-100] * len(prompt) + target))
     return rows
+
+
+def chat_pair(rng: random.Random, s: Settings, own: list[dict]):
+    if rng.random() < s.instruct_share:
+        return instruct_pair(rng)
+    if own and rng.random() < s.own_share:
+        return own_output_pair(rng, rng.choice(own))
+    return refine_pair(rng)
 
 
 def train(model, make_rows, steps: int, lr: float, s: Settings, pad_id: int, name: str):
@@ -172,6 +222,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=Path, default=DEFAULT_SEEDS_PATH, help="where to write seeds.jsonl")
     parser.add_argument("--quick", action="store_true", help="tiny smoke version (seconds)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base-steps", type=int, help="override the base stage's step count (a shorter trial run)")
+    parser.add_argument("--instruct-steps", type=int, help="override the instruct stage's step count")
     # On a machine shared with other jobs, 1 thread can be faster than 2 (no waiting on a
     # descheduled thread); results then differ from a 2-thread run only by float rounding.
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (the smoke version uses 1)")
@@ -183,6 +235,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     s = QUICK if args.quick else Settings()
+    s = replace(s, base_steps=args.base_steps or s.base_steps, instruct_steps=args.instruct_steps or s.instruct_steps)
     t0, cpu0 = time.time(), time.process_time()
 
     texts = [base_document(rng, n_examples=6) for _ in range(s.tokenizer_docs)]
@@ -195,7 +248,11 @@ def main(argv=None):
 
     train(model, lambda: base_rows(rng, tok, s), s.base_steps, s.base_lr, s, tok.pad_token_id, "base")
     save(model, tok, args.out / "base")
-    train(model, lambda: instruct_rows(rng, tok, s), s.instruct_steps, s.instruct_lr, s, tok.pad_token_id, "instruct")
+    own = sample_own_outputs(model, tok, rng, s.own_outputs)
+    print(f"{len(own)} base outputs parsed of {s.own_outputs} sampled "
+          f"({sum(worked_answer(r['question']) is not None for r in own)} readable) "
+          f"{time.time() - t0:.0f}s", flush=True)
+    train(model, lambda: instruct_rows(rng, tok, s, own), s.instruct_steps, s.instruct_lr, s, tok.pad_token_id, "instruct")
     save(model, tok, args.out / "instruct")
     write_seeds(args.seeds)
     print(f"done in {time.time() - t0:.0f}s (cpu {time.process_time() - cpu0:.0f}s)", flush=True)

@@ -46,8 +46,8 @@ def test_hand_written_problems(question, final):
 def test_worked_answer_restates_each_step():
     assert worked_answer(HAND_WRITTEN[1][0]) == (
         "Tom has 4 * 6 = 24 muffins.\n"
-        "He eats 3 muffins, so he has 24 - 3 = 21.\n"
-        "He splits the muffins equally into 3 boxes and keeps one box, so he has 21 / 3 = 7.\n"
+        "Then he eats 3 muffins, so he has 24 - 3 = 21.\n"
+        "Then he splits the muffins equally into 3 boxes and keeps one box, so he has 21 / 3 = 7.\n"
         "#### 7"
     )
 
@@ -94,7 +94,7 @@ def test_generator_is_seeded_and_diverse():
     names = {p["question"].split(" has ")[0].split()[-1] for p in problems}
     ops = {op for p in problems for op in re.findall(r"\d+ ([-+*/]) \d+ = ", p["answer"].split("\n", 1)[1])}
     n_steps = {len(p["answer"].split("\n")) - 2 for p in problems}  # minus the start and #### lines
-    assert len(names) > 30 and ops == {"+", "-", "*", "/"} and n_steps == {1, 2, 3, 4}
+    assert len(names) > 30 and ops == {"+", "-", "*", "/"} and n_steps == {1, 2, 3}
     narrow = [generate_problem(rng, NARROW)["question"] for _ in range(300)]
     assert len({q.split()[0] for q in narrow}) == 3  # the narrow slice has three protagonists
 
@@ -123,7 +123,8 @@ def test_tokenizer_round_trips_world_text():
     for text in texts:
         ids = tok(text).input_ids
         assert tok.decode(ids) == text
-    assert all(tok.convert_ids_to_tokens(i) in "0123456789" for i in tok("1234567890").input_ids[0:])
+    # one token per digit; a number's leading space rides on its first digit
+    assert tok.convert_ids_to_tokens(tok(" 26 1234567890").input_ids) == ["Ġ2", "6", "Ġ1", *"234567890"]
     prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert prompt.endswith("<|assistant|>\n") and tok.eos_token == EOS
 

@@ -168,5 +168,6 @@ QUESTIONS = [
 ]
 
 ANSWER_START = {"k": "{N} starts with {k} {items}.", "k*k2": "{N} has {k} * {k2} = {v} {items}."}
-# Each step restates its sentence from the question ({step}), then does the arithmetic.
+# Each step restates its sentence from the question ("Then " + the sentence, so that its
+# words are the same tokens as in the question), then does the arithmetic.
 ANSWER_STEP = "{step}, so {p} has {a} {op} {b} = {v}."

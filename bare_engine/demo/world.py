@@ -27,24 +27,25 @@ class WorldSlice:
     items: tuple[str, ...] | None = None  # restrict item phrases (None: all of the categories')
     starts: tuple[int, ...] = tuple(range(len(lx.START)))
     min_ops: int = 1
-    max_ops: int = 4
-    # Small second operands keep the arithmetic learnable for a tiny model.
-    max_start: int = 30
+    max_ops: int = 3
+    # Small numbers keep the arithmetic learnable for a 3M-parameter model.
+    max_start: int = 20
     max_amount: int = 9  # added or taken away
     max_factor: int = 3  # "k times as many"
     max_divisor: int = 5
-    max_value: int = 100  # no multiplication beyond this
+    max_table: int = 6  # "k groups with k2 in each": k, k2 <= this
+    max_value: int = 50  # no multiplication beyond this
     allow_mul_div: bool = True
     decorate: bool = True  # settings, connectives, neutral sentences, varied questions
 
 
 FULL = WorldSlice()
 # The instruct model's answers to "write one problem" come from this narrow slice
-# (instruct-tuned models collapse toward a few modes).
+# (instruct-tuned models collapse toward a few modes): few names, items and phrasings, but
+# the seeds' arithmetic, so that its problems are no easier to get right than the base's.
 NARROW = WorldSlice(
     names=("Mia", "Tom", "Sara"), categories=("fruit", "things"), items=("apples", "marbles"),
-    starts=(0,), min_ops=1, max_ops=2, max_start=20, allow_mul_div=False,
-    decorate=False,
+    starts=(0,), min_ops=2, decorate=False,
 )
 
 
@@ -111,7 +112,7 @@ def generate_problem(rng: random.Random, world: WorldSlice = FULL) -> dict:
     starts = [i for i in world.starts if not (category in lx.MASS and "{groups} of" in lx.START[i][0])]
     start, kind = lx.START[rng.choice(starts)]
     if kind == "k*k2":
-        slots.update(k=rng.randint(2, 9), k2=rng.randint(2, 9))
+        slots.update(k=rng.randint(2, world.max_table), k2=rng.randint(2, world.max_table))
         value = slots["k"] * slots["k2"]
         n_ops -= 1
     else:
@@ -287,7 +288,8 @@ def worked_answer(question: str) -> str | None:
         lines = [_fill(lx.ANSWER_START["k"], dict(slots, k=value))]
     for (op, k), sentence in zip(r.steps, r.step_sentences):
         new = _apply(op, value, k)
-        lines.append(_fill(lx.ANSWER_STEP, dict(slots, step=sentence[:-1], a=value, op=op, b=k, v=new)))
+        step = _with_prefix("Then", sentence)[:-1]
+        lines.append(_fill(lx.ANSWER_STEP, dict(slots, step=step, a=value, op=op, b=k, v=new)))
         value = new
     return "\n".join(lines + [f"#### {value}"])
 
