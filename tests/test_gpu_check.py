@@ -99,10 +99,10 @@ def fake_run(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "install", stub_install)
     monkeypatch.setattr(gpu_check, "RESULTS", tmp_path / "results")
 
-    def run(fake_parts, *args):
+    def run(fake_parts, *args, dry_run=True):
         monkeypatch.setattr(parts, "PARTS", fake_parts)
         out = tmp_path / "out"
-        assert gpu_check.main(["--dry-run", "--out", str(out), *args]) == 0
+        assert gpu_check.main(["--dry-run"] * dry_run + ["--out", str(out), *args]) == 0
         return out, json.loads((out / "summary.json").read_text())
 
     return run
@@ -145,6 +145,15 @@ def alive(pid: int) -> bool:
 def test_only_runs_one_part_and_a_spent_budget_skips_the_rest(fake_run):
     _, summary = fake_run([fake_part("a", WRITE_RESULT), fake_part("b", WRITE_RESULT)], "--only", "b")
     assert [(p["part"], p["status"]) for p in summary["parts"]] == [("a", "skipped"), ("b", "ok")]
+    assert summary["parts"][1]["limit_s"] > 100  # the whole budget, not the part's own 20 s
     _, summary = fake_run([fake_part("slow", HANG, limit=3), fake_part("late", WRITE_RESULT)], "--budget", "6")
     assert [p["status"] for p in summary["parts"]] == ["timeout", "skipped"]
     assert summary["parts"][1]["reason"] == "time budget spent"
+
+
+def test_a_gpu_run_copies_each_part_and_the_summary_to_benchmark_results(fake_run, tmp_path):
+    out, summary = fake_run([fake_part("works", WRITE_RESULT)], dry_run=False)
+    results = tmp_path / "results"
+    assert sorted(p.name for p in results.iterdir()) == ["gpu_check_fake.json", "works_fake.json"]
+    assert json.loads((results / "works_fake.json").read_text()) == json.loads((out / "works_fake.json").read_text())
+    assert json.loads((results / "gpu_check_fake.json").read_text())["parts"] == summary["parts"]
