@@ -66,12 +66,19 @@ class TorchBackend(AttentionBackend):
         self.ref.store_kv_ref(k, v, k_cache, v_cache, slot_mapping)
 
     def prefill(self, q, k_cache, v_cache, meta, scale):
-        return self.ref.paged_attention_ref(
-            q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q, meta.context_lens, scale
-        )
+        return self._plan(meta, q, k_cache).attend(q, k_cache, v_cache, scale)
 
     def decode(self, q, k_cache, v_cache, meta, scale):
-        return self.ref.decode_attention_ref(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale)
+        return self._plan(meta, q, k_cache).attend(q, k_cache, v_cache, scale)
+
+    def _plan(self, meta, q, k_cache):
+        """The step's attention plan, built by the first layer and reused by the others."""
+        plan = getattr(meta, "torch_plan", None)
+        if plan is None:
+            plan = self.ref.AttentionPlan.build(meta.block_tables, meta.cu_seqlens_q, meta.context_lens,
+                                                k_cache.shape[1], k_cache.shape[2], q.shape[1] // k_cache.shape[2])
+            meta.torch_plan = plan
+        return plan
 
 
 class TritonBackend(AttentionBackend):
