@@ -100,7 +100,7 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         raise ConfigError(f"cannot reach the Ray cluster at {address} within {timeout_s:.0f}s: {reason}") from None
 
 
-def check_resources(cluster: Cluster, replicas: int, gpus_each: int) -> None:
+def check_resources(cluster: Cluster, replicas: int, gpus_each: int, cpus_each: int = 1) -> None:
     """ConfigError when the cluster cannot ever hold `replicas` replicas (they would wait forever)."""
     if gpus_each:
         have = int(cluster.resources.get("GPU", 0))
@@ -110,8 +110,9 @@ def check_resources(cluster: Cluster, replicas: int, gpus_each: int) -> None:
                 f"but the Ray cluster has {have}"
             )
     have = int(cluster.resources.get("CPU", 0))
-    if replicas > have:
-        raise ConfigError(f"data_parallel {replicas} needs {replicas} CPUs (one per replica), "
+    if replicas * cpus_each > have:
+        each = "one per replica" if cpus_each == 1 else f"{cpus_each} per replica"
+        raise ConfigError(f"data_parallel {replicas} needs {replicas * cpus_each} CPUs ({each}), "
                           f"but the Ray cluster has {have}")
 
 

@@ -85,16 +85,13 @@ class _RecordsOnly:
         raise RuntimeError("the data-parallel driver builds no prompts")
 
 
-def tensor_parallel_size(cfg) -> int:
-    return getattr(cfg.engine, "tensor_parallel_size", 1)  # the engine section gains it with tensor parallelism
-
-
 def run_data_parallel(job, writer: RecordWriter, existing: ExistingOutput, log: Callable[[str], None]) -> RunResult:
     cfg = job.cfg
     ray = import_ray()
     with ray_cluster(cfg.ray_address) as cluster:
-        gpus = tensor_parallel_size(cfg) if uses_gpus(cluster, cfg.engine.device) else 0
-        check_resources(cluster, cfg.data_parallel, gpus)
+        tp = cfg.engine.tensor_parallel_size
+        gpus = tp if uses_gpus(cluster, cfg.engine.device) else 0
+        check_resources(cluster, cfg.data_parallel, gpus, cpus_each=1 if gpus else tp)
         where = "a local Ray instance" if cluster.started_here else f"the Ray cluster at {cluster.address}"
         log(f"data parallel: {cfg.data_parallel} replicas on {where} "
             f"({cluster.nodes} node(s), {'%d GPU(s) each' % gpus if gpus else 'CPU, one thread each'})")
@@ -142,7 +139,8 @@ class DataParallelRunner:
 
     def _start_actor(self, slot: Slot) -> None:
         name = f"replica-{slot.slot}.{slot.restarts}-{self.tag}"
-        options = dict(num_cpus=1, num_gpus=self.gpus, max_restarts=0, max_concurrency=2, name=name,
+        cpus = 1 if self.gpus else self.cfg.engine.tensor_parallel_size  # CPU ranks: one core each
+        options = dict(num_cpus=cpus, num_gpus=self.gpus, max_restarts=0, max_concurrency=2, name=name,
                        namespace=NAMESPACE)
         device, threads = ("cuda", None) if self.gpus else ("cpu", 1)
         slot.actor = self.remote.options(**options).remote(self.job, slot.slot, device, threads)
