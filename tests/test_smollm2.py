@@ -163,7 +163,8 @@ def test_first_sampled_token_follows_transformers_filtered_softmax(llm, hf_model
 
 def test_bf16_on_cpu_top5_rule_at_divergence(smollm2_dir, hf_model, greedy_outputs, hf_outputs):
     llm16 = LLM(smollm2_dir, dtype="bfloat16", num_kv_blocks=64, max_model_len=MAX_LEN)
-    picked = [0, 3, len(TEXT_PROMPTS), len(TEXT_PROMPTS) + 2]  # text, emoji, two chats
+    # English, French (bf16 diverges at token 12 on CPU), emoji, the pirate chat (diverges at token 3).
+    picked = [0, 2, 3, len(TEXT_PROMPTS) + 1]
     prompts = [greedy_outputs[i].prompt_token_ids for i in picked]
     outs = llm16.generate([{"prompt_token_ids": p} for p in prompts], GREEDY, use_tqdm=False)
     for prompt, out, expected in zip(prompts, outs, [hf_outputs[i] for i in picked]):
