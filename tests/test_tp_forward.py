@@ -10,6 +10,7 @@ from bare_engine.distributed.forward import allocate_kv_cache, run_forward
 from bare_engine.distributed.message import encode_step
 from bare_engine.distributed.worker import KVPool, ModelLoad
 from bare_engine.input_batch import StepInputs, StepLayout
+from bare_engine.errors import ModelLoadError
 from bare_engine.loader import load_model
 from tiny_models import make_model_dir
 
@@ -70,9 +71,19 @@ def test_sharded_forward_equals_tp1(executor, tmp_path_factory):
         steps = [_step(seqs, [0, 0], tables), _step([s + [7] for s in seqs], [len(s) for s in seqs], tables)]
         for step in steps:  # a prefill, then a decode on the cached K/V
             executor.send_step(encode_step(index, step))
-            args = (step.input_ids, step.positions, step.meta, step.logits_indices)
+            again = StepInputs.from_buffer(step.buffer, step.layout)  # its own metadata (backends cache per-step plans there)
             with torch.inference_mode():
-                got = run_forward(shard, caches["shard"], backend, None, *args)
-                want = run_forward(whole, caches["whole"], backend, None, *args)
+                got = run_forward(shard, caches["shard"], backend, None, step.input_ids, step.positions, step.meta, step.logits_indices)
+                want = run_forward(whole, caches["whole"], backend, None, again.input_ids, again.positions, again.meta, again.logits_indices)
             assert got.shape == (2, config.vocab_size)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_worker_exception_is_raised_on_the_driver_with_its_rank(executor):
+    """Runs last: a failed worker ends the group."""
+    executor.load([ModelLoad("missing", "/nonexistent/model", MAX_LEN, torch.float32)])
+    with pytest.raises(ModelLoadError, match="tensor-parallel worker rank 1: model directory not found: /nonexistent/model"):
+        executor.collect("load")
+    with pytest.raises(ModelLoadError, match="rank 1"):  # every later call, and the worker is gone
+        executor.send_step(b"")
+    assert not executor.procs[0].is_alive()

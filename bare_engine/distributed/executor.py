@@ -155,12 +155,13 @@ class TPExecutor:
 
     def _worker_error(self, rank: int, message: tuple) -> BareEngineError:
         _, class_name, detail, trace = message
-        logger.error("tensor-parallel worker rank %d failed:\n%s", rank, trace)
         import bare_engine.errors as errors
 
         cls = getattr(errors, class_name, None)
-        if isinstance(cls, type) and issubclass(cls, BareEngineError):
+        if isinstance(cls, type) and issubclass(cls, BareEngineError):  # bad input: its message says it all
+            logger.debug("tensor-parallel worker rank %d:\n%s", rank, trace)
             return self._fail(cls(f"tensor-parallel worker rank {rank}: {detail.split(': ', 1)[-1]}"))
+        logger.error("tensor-parallel worker rank %d failed:\n%s", rank, trace)
         return self._worker_failed(rank, f"failed: {detail}")
 
     def _worker_failed(self, rank: int, cause: str) -> BareEngineError:
