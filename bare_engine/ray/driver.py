@@ -281,7 +281,7 @@ class DataParallelRunner:
         ready, _ = self.ray.wait(list(waiting), num_returns=len(waiting), timeout=POLL_S, fetch_local=False)
         for ref in ready:
             slot = waiting[ref]
-            if ref is slot.ready_ref:
+            if ref == slot.ready_ref:
                 self._on_ready(slot, fatal=False)
             else:
                 self._on_reply(slot, ref)
