@@ -134,7 +134,7 @@ class ModelConfig:
         if self.num_heads % tp:
             bad(f"num_attention_heads {self.num_heads}")
         if self.num_kv_heads % tp and tp % self.num_kv_heads:
-            bad(f"num_key_value_heads {self.num_kv_heads} (nor is it a multiple of it, to replicate them)")
+            bad(f"num_key_value_heads {self.num_kv_heads}, nor is it a multiple of it (which replicates KV heads)")
         if self.intermediate_size % tp:
             bad(f"intermediate_size {self.intermediate_size}")
 

@@ -156,3 +156,16 @@ def test_step_message_round_trip():
     assert index == 3 and got.layout == layout and torch.equal(got.buffer, buffer)
     assert got.input_ids.tolist() == [0, 1, 2, 3] and got.logits_indices.tolist() == [17, 18]
     assert got.meta.block_tables.tolist() == [[19, 20], [21, 22]] and got.meta.max_context_len == 7
+
+
+def test_cli_tensor_parallel_size_that_does_not_divide_is_one_error_line(dirs):
+    from click.testing import CliRunner
+
+    from bare_engine.cli import main
+
+    model_dir = dirs("llama")
+    result = CliRunner().invoke(main, ["generate", "--model", str(model_dir), "--prompt", "hi", "--device", "cpu",
+                                       "--tensor-parallel-size", "3"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"error: {model_dir.name}: tensor_parallel_size 3 does not divide num_attention_heads 4"]
