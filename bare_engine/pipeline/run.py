@@ -119,6 +119,8 @@ def _run_one_engine(job: Job, engine, writer: RecordWriter, existing: ExistingOu
         return PipelineRunner(engine, job.make_planner(engine), job.cfg, writer, existing, progress).run()
     finally:
         progress.close()
+        if hasattr(engine, "shutdown"):  # stops tensor-parallel workers; test engines may lack it
+            engine.shutdown()
 
 
 def _run_entry(result: RunResult, existing: ExistingOutput, started: str) -> dict:

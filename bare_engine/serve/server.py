@@ -69,16 +69,17 @@ def run_server(models: dict[str, str], config, host: str = "127.0.0.1", port: in
                 from None
         from bare_engine.engine import LLMEngine
 
-        app = create_app(LLMEngine(models, config), api_key=api_key, max_waiting=max_waiting)
-        server = uvicorn.Server(uvicorn.Config(
-            app, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout, lifespan="on",
-        ))
-        bound_host, bound_port = sock.getsockname()[:2]
-        print(f"serving {', '.join(models)} on http://{bound_host}:{bound_port}", flush=True)
-        # uvicorn takes SIGTERM over while it runs and raises it again once it has shut down;
-        # this handler then makes that a normal exit.
-        signal.signal(signal.SIGTERM, _exit_cleanly)
-        server.run(sockets=[sock])
+        with LLMEngine(models, config) as engine:  # exiting stops tensor-parallel workers
+            app = create_app(engine, api_key=api_key, max_waiting=max_waiting)
+            server = uvicorn.Server(uvicorn.Config(
+                app, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout, lifespan="on",
+            ))
+            bound_host, bound_port = sock.getsockname()[:2]
+            print(f"serving {', '.join(models)} on http://{bound_host}:{bound_port}", flush=True)
+            # uvicorn takes SIGTERM over while it runs and raises it again once it has shut down;
+            # this handler then makes that a normal exit.
+            signal.signal(signal.SIGTERM, _exit_cleanly)
+            server.run(sockets=[sock])
     finally:
         sock.close()
 
