@@ -39,6 +39,10 @@ class EngineConfig:
     enforce_eager: bool = False
     tensor_parallel_size: int = 1  # ranks (processes, one device each) every model is sharded over
     cuda_graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+    # Overlapped steps (overlap.py): the host schedules and prepares step t+1 while the device runs
+    # step t. None: on for CUDA, off on CPU (nothing to overlap there; True on CPU runs the same code
+    # path, which is how the tests check it).
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -62,6 +66,8 @@ class EngineConfig:
             bad(f"kv_split_ratio must be in (0, 1), got {self.kv_split_ratio}")
         if not isinstance(self.tensor_parallel_size, int) or self.tensor_parallel_size < 1:
             bad(f"tensor_parallel_size must be a positive integer, got {self.tensor_parallel_size!r}")
+        if self.async_scheduling not in (None, True, False):
+            bad(f"async_scheduling must be true, false or null (auto), got {self.async_scheduling!r}")
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -90,6 +96,9 @@ class EngineConfig:
                 raise ConfigError(f"tensor_parallel_size {tp} needs {tp} GPUs but {visible} are visible")
             return [torch.device("cuda", r) for r in range(tp)]
         return [device] * tp
+
+    def resolve_async_scheduling(self, device: torch.device) -> bool:
+        return device.type == "cuda" if self.async_scheduling is None else self.async_scheduling
 
     def resolve_dtype(self, device: torch.device) -> torch.dtype:
         if self.dtype == "auto":

@@ -2,7 +2,9 @@
 
 Models whose KV cache has the same shape and dtype share one block pool, so a block
 freed by one can serve the other; otherwise the KV budget is split between pools by
-``kv_split_ratio``. Each ``step()`` runs one forward pass of one model.
+``kv_split_ratio``. Each ``step()`` runs one forward pass of one model; with
+``async_scheduling`` (on by default on CUDA) it queues that pass and then processes the
+previous one while the device runs it (overlap.py).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from bare_engine.lora import ModelSource, ModelSpec, resolve_model_source
 from bare_engine.model_policy import InterleavePolicy
 from bare_engine.model_runner import ModelRunner, ModelStats
 from bare_engine.outputs import CompletionOutput, RequestOutput
+from bare_engine.overlap import OverlappedSteps, needs_host_history
 from bare_engine.sampling_params import SamplingParams
-from bare_engine.scheduler import Scheduler
+from bare_engine.scheduler import ScheduledBatch, Scheduler
 from bare_engine.sequence import Sequence
 from bare_engine.tokenizer import Detokenizer, TokenBytes, load_tokenizer
 
@@ -84,6 +87,9 @@ class LLMEngine:
         drain = "instruct" if "instruct" in models else None
         self.policy = policy or InterleavePolicy(drain_model=drain)
         self.requests: dict[str, _Request] = {}
+        self._host_history: set[str] = set()  # unfinished requests that keep steps synchronous (overlap.py)
+        self.overlap: OverlappedSteps | None = None
+        self._set_overlap(self.config.resolve_async_scheduling(self.device))
         self._token_bytes_cache: dict[tuple[str, bool], TokenBytes | None] = {}
         self._rng = random.Random(self.config.seed)
         self._seq_ids = itertools.count()
@@ -203,6 +209,24 @@ class LLMEngine:
     def __exit__(self, *exc) -> None:
         self.shutdown()
 
+    def set_async_scheduling(self, enabled: bool) -> None:
+        """Switch overlapped steps on or off between runs (benchmarks compare both on one engine)."""
+        if self.has_unfinished_requests():
+            raise InvalidRequestError("async_scheduling can only change while no request is unfinished")
+        if self.overlap is not None:
+            self.overlap.drain()  # aborted requests' last step: nothing is left to report
+        self._set_overlap(enabled)
+
+    def _set_overlap(self, enabled: bool) -> None:
+        if enabled and self.tp is not None:
+            logger.info("async_scheduling: tensor_parallel_size > 1 runs synchronous steps")
+            enabled = False
+        self.overlap = OverlappedSteps(self) if enabled else None
+
+    @property
+    def async_scheduling(self) -> bool:
+        return self.overlap is not None
+
     @property
     def tensor_parallel_pids(self) -> list[int]:
         """Process ids of the tensor-parallel workers (ranks 1..N-1)."""
@@ -257,6 +281,8 @@ class LLMEngine:
             seqs.append(seq)
             self.scheduler.add(seq)
         self.requests[request_id] = _Request(request_id, model, token_ids, seqs)
+        if needs_host_history(params):
+            self._host_history.add(request_id)
 
     def _token_bytes(self, model: str, params: SamplingParams) -> TokenBytes | None:
         """The model's token-bytes table for fast stop-string checks (built on the first request with stop strings)."""
@@ -304,12 +330,16 @@ class LLMEngine:
             self._check_token_ids(model, seq, "allowed_token_sequences")
 
     def abort_request(self, request_id: str) -> None:
-        request = self.requests.pop(request_id, None)
+        request = self._pop_request(request_id)
         if request is None:
             return
         for seq in request.seqs:
             if not seq.is_finished:
                 self.scheduler.finish(seq)
+
+    def _pop_request(self, request_id: str) -> _Request | None:
+        self._host_history.discard(request_id)
+        return self.requests.pop(request_id, None)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.requests)
@@ -320,34 +350,56 @@ class LLMEngine:
     # ----- the loop ---------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Run one forward pass of one model; return the requests that finished in it."""
+        """Run one forward pass of one model; return the requests that finished in it (with overlapped
+        steps: in the previous one, processed while this one runs)."""
+        if self.overlap is not None and not self._host_history:
+            return self.overlap.step()
+        finished = self.overlap.drain() if self.overlap is not None else []
+        return finished + self._step_synchronously()
+
+    def schedule_batch(self) -> ScheduledBatch | None:
+        """The next step's batch, of the first model in the policy's order that has one."""
         for model in self.policy.order(self.scheduler):
             batch = self.scheduler.schedule(model)
             if batch:
-                break
-        else:
+                self.policy.stepped(model)
+                return batch
+        return None
+
+    def _step_synchronously(self) -> list[RequestOutput]:
+        batch = self.schedule_batch()
+        if batch is None:
             if self.requests:
                 raise RuntimeError("scheduler made no progress with requests pending (engine bug)")
             return []
-        self.policy.stepped(model)
-        result = self.runners[model].run(batch)
+        result = self.runners[batch.model].run(batch)
         self.scheduler.after_step(batch)
         finished_requests = []
-        eos_ids, logprobs = self.eos_ids[model], result.logprobs
+        eos_ids, logprobs = self.eos_ids[batch.model], result.logprobs
         for i, (seq, token) in enumerate(zip(result.seqs, result.token_ids)):
-            if self._append(seq, token, logprobs[i] if logprobs is not None else None, eos_ids):
-                self.scheduler.finish(seq)
-                request = self.requests[seq.request_id]
-                if all(s.is_finished for s in request.seqs):
-                    finished_requests.append(self._output(self.requests.pop(seq.request_id)))
+            if seq.error is not None:  # its logits processor failed: the token is not its own (logits_processors.py)
+                seq.finish_reason = "error"
+            else:
+                seq.token_ids.append(token)
+                if not self.accept_token(seq, token, logprobs[i] if logprobs is not None else None, eos_ids,
+                                         len(seq.token_ids)):
+                    continue
+            output = self.finish_sequence(seq)
+            if output is not None:
+                finished_requests.append(output)
         return finished_requests
 
-    def _append(self, seq: Sequence, token: int, logprobs: dict[int, float] | None, eos_ids: set[int]) -> bool:
-        """Add the sampled token; return True when the sequence is finished."""
-        if seq.error is not None:  # its logits processor failed: the token is not its own (logits_processors.py)
-            seq.finish_reason = "error"
-            return True
-        seq.token_ids.append(token)
+    def finish_sequence(self, seq: Sequence) -> RequestOutput | None:
+        """Release a finished sequence; its request's output once all its samples are finished."""
+        self.scheduler.finish(seq)
+        request = self.requests[seq.request_id]
+        if all(s.is_finished for s in request.seqs):
+            return self._output(self._pop_request(seq.request_id))
+        return None
+
+    def accept_token(self, seq: Sequence, token: int, logprobs: dict[int, float] | None, eos_ids: set[int],
+                     length: int) -> bool:
+        """Record the token just placed at ``length - 1`` in token_ids; return True when it ends the sequence."""
         if logprobs is not None and seq.logprobs is not None:
             seq.logprobs.append(logprobs)
             seq.cumulative_logprob += logprobs[token]
@@ -361,7 +413,7 @@ class LLMEngine:
             seq.finish_reason, seq.stop_reason = "stop", token
         elif (stop := seq.detok.add(token)) is not None:
             seq.finish_reason, seq.stop_reason = "stop", stop
-        elif len(seq.token_ids) >= seq.max_len:  # max_tokens or the model's context
+        elif length >= seq.max_len:  # max_tokens or the model's context
             seq.finish_reason = "length"
         return seq.finish_reason is not None
 

@@ -10,6 +10,11 @@ The step's inputs are one flat int32 buffer on the host (token ids, positions, s
 mapping, cu_seqlens, context lengths, sampled rows, block tables), described by a small
 ``StepLayout``; ``StepInputs.to_device`` copies it with a single host-to-device transfer.
 A tensor-parallel runner can broadcast the same buffer and layout to its workers.
+
+With overlapped steps (overlap.py) a decode row's input token may still be pending on the
+device (``PENDING_TOKEN`` on the host): the buffer then also lists where those tokens go and
+which of the previous step's sampled tokens they are, and ``gather_pending`` fills them in on
+the device.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import torch
 
 from bare_engine.attention import AttentionMetadata
 from bare_engine.scheduler import ScheduledBatch
-from bare_engine.sequence import Sequence
+from bare_engine.sequence import PENDING_TOKEN, Sequence
 
 
 @dataclass(frozen=True)
@@ -34,11 +39,13 @@ class StepLayout:
     max_blocks: int  # block table columns in this step
     max_query_len: int
     max_context_len: int
+    num_pending: int = 0  # input tokens still on the device, from the previous step's samples
 
     def sections(self) -> list[tuple[str, int]]:
-        t, b = self.num_tokens, self.num_seqs
+        t, b, p = self.num_tokens, self.num_seqs, self.num_pending
         return [("input_ids", t), ("positions", t), ("slot_mapping", t), ("cu_seqlens_q", b + 1),
-                ("context_lens", b), ("logits_indices", self.num_sampled), ("block_tables", b * self.max_blocks)]
+                ("context_lens", b), ("logits_indices", self.num_sampled), ("block_tables", b * self.max_blocks),
+                ("pending_dst", p), ("pending_src", p)]
 
     @property
     def size(self) -> int:
@@ -56,6 +63,8 @@ class StepInputs:
     positions: torch.Tensor
     logits_indices: torch.Tensor
     meta: AttentionMetadata
+    pending_dst: torch.Tensor  # positions in input_ids of the pending tokens
+    pending_src: torch.Tensor  # their index among the previous step's sampled tokens
 
     @classmethod
     def from_buffer(cls, buffer: torch.Tensor, layout: StepLayout) -> StepInputs:
@@ -72,12 +81,17 @@ class StepInputs:
             max_context_len=layout.max_context_len,
         )
         return cls(buffer, layout, views["input_ids"].long(), views["positions"].long(),
-                   views["logits_indices"].long(), meta)
+                   views["logits_indices"].long(), meta, views["pending_dst"], views["pending_src"])
 
     def to_device(self, device: torch.device) -> StepInputs:
         if self.buffer.device == device:
             return self
         return StepInputs.from_buffer(self.buffer.to(device, non_blocking=True), self.layout)
+
+    def gather_pending(self, sampled: torch.Tensor | None) -> None:
+        """Put the previous step's sampled tokens (``sampled``, on the device) into the pending input ids."""
+        if self.layout.num_pending:
+            self.input_ids[self.pending_dst.long()] = sampled[self.pending_src.long()]
 
 
 @dataclass
@@ -142,6 +156,7 @@ class InputBatch:
             self._copied = None
         rows, starts, input_ids = [], [], []
         sampled_seqs, sampled_idx = [], []
+        pending_dst, pending_src = [], []
         prompt_tokens = 0
         num_table_blocks = self.num_table_blocks
         for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
@@ -155,12 +170,17 @@ class InputBatch:
             rows.append(row)
             starts.append(start)
             if n == 1:
-                input_ids.append(tokens[start])
+                token = tokens[start]
+                if token == PENDING_TOKEN:  # sampled last step, not read back yet: only a decode can hold one
+                    pending_dst.append(len(input_ids))
+                    pending_src.append(seq.sample_index)
+                input_ids.append(token)
             else:
                 input_ids.extend(tokens[start:start + n])
             if start < seq.num_prompt_tokens:
                 prompt_tokens += min(seq.num_prompt_tokens - start, n)
             if start + n == len(tokens):
+                seq.sample_index = len(sampled_seqs)
                 sampled_seqs.append(seq)
                 sampled_idx.append(i)
         counts = np.array(batch.num_new_tokens, dtype=np.int64)
@@ -170,16 +190,17 @@ class InputBatch:
         layout = StepLayout(
             num_tokens=len(input_ids), num_seqs=len(rows), num_sampled=len(sampled_idx),
             max_blocks=-(-int(ends.max()) // self.block_size),
-            max_query_len=int(counts.max()), max_context_len=int(ends.max()),
+            max_query_len=int(counts.max()), max_context_len=int(ends.max()), num_pending=len(pending_dst),
         )
         if layout.size > len(self.staging):
             self.staging = torch.zeros(2 * layout.size, dtype=torch.int32, pin_memory=self.pin)
             self.staging_np = self.staging.numpy()
-        self._fill(layout, input_ids, rows_np, starts_np, counts, ends, sampled_idx)
+        self._fill(layout, input_ids, rows_np, starts_np, counts, ends, sampled_idx, pending_dst, pending_src)
         inputs = StepInputs.from_buffer(self.staging[:layout.size], layout)
         return PreparedStep(inputs, sampled_seqs, rows_np[sampled_idx], ends[sampled_idx], prompt_tokens)
 
-    def _fill(self, layout: StepLayout, input_ids, rows, starts, counts, ends, sampled_idx) -> None:
+    def _fill(self, layout: StepLayout, input_ids, rows, starts, counts, ends, sampled_idx, pending_dst,
+              pending_src) -> None:
         bs = self.block_size
         views, offset = {}, 0
         for name, n in layout.sections():
@@ -201,3 +222,6 @@ class InputBatch:
         views["logits_indices"][:] = cu[1:][sampled_idx] - 1
         views["block_tables"].reshape(layout.num_seqs, layout.max_blocks)[:] = \
             self.block_tables[rows, :layout.max_blocks]
+        if pending_dst:
+            views["pending_dst"][:] = pending_dst
+            views["pending_src"][:] = pending_src

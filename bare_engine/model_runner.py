@@ -1,7 +1,9 @@
 """Runs one model: loads its weights, turns a scheduled batch into tensors, runs the forward pass and samples.
 
 The batch's inputs come from the model's InputBatch (persistent per-row state, one flat
-host buffer per step, see input_batch.py) and reach the device in one copy."""
+host buffer per step, see input_batch.py) and reach the device in one copy. ``launch``
+queues a step on the device and returns at once; its ``LaunchedStep.result()`` waits for
+the sampled tokens (``run`` does both, the synchronous step)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from bare_engine.distributed.group import SINGLE_RANK
 from bare_engine.distributed.message import encode_step
 from bare_engine.loader import TensorHook, load_model
 from bare_engine.input_batch import InputBatch
-from bare_engine.sampler import Sampler
+from bare_engine.sampler import DeviceSample, Sampler
 from bare_engine.scheduler import ScheduledBatch
 from bare_engine.sequence import Sequence
 
@@ -40,6 +42,29 @@ class StepResult:
     seqs: list[Sequence]  # sequences that got a token this step, in batch order
     token_ids: list[int]
     logprobs: list[dict[int, float] | None] | None = None
+
+
+@dataclass
+class LaunchedStep:
+    """A step queued on the device: its sampled sequences, where each one's token goes, the tokens."""
+
+    seqs: list[Sequence]
+    positions: list[int]  # index of each sequence's new token in its token_ids
+    sample: DeviceSample | None  # None when the step sampled nothing (prompt chunks only)
+    stats: ModelStats
+
+    @property
+    def device_tokens(self):
+        return None if self.sample is None else self.sample.token_ids
+
+    def result(self) -> StepResult:
+        """Wait for the sampled tokens and return them."""
+        if self.sample is None:
+            return StepResult([], [])
+        start = time.perf_counter()
+        out = self.sample.to_host()
+        self.stats.busy_seconds += time.perf_counter() - start
+        return StepResult(self.seqs, out.token_ids, out.logprobs)
 
 
 class ModelRunner:
@@ -103,22 +128,27 @@ class ModelRunner:
         """The sequence left the running set: free its row."""
         self.input_batch.release(seq)
 
-    @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> StepResult:
         """One forward pass; returns the sampled token of each sequence that reached its end."""
+        return self.launch(batch).result()
+
+    @torch.inference_mode()
+    def launch(self, batch: ScheduledBatch, previous_tokens: torch.Tensor | None = None) -> LaunchedStep:
+        """Queue one forward pass and its sampling. ``previous_tokens``: the last launched step's sampled
+        tokens on the device, read by decode rows whose input token is still pending (overlap.py)."""
         start = time.perf_counter()
         step = self.input_batch.prepare(batch)
         if self.tensor_parallel is not None:
             self.tensor_parallel.send_step(encode_step(self.model_index, step.inputs))
         inputs = self.input_batch.to_device(step.inputs, self.device)
+        inputs.gather_pending(previous_tokens)
         logits = run_forward(self.model, self.kv_caches, self.backend, self.graphs,
                              inputs.input_ids, inputs.positions, inputs.meta, inputs.logits_indices)
-        result = StepResult([], [])
+        sample = None
         if step.sampled_seqs:
-            out = self.sampler(logits, step.sampled_seqs, step.sampled_rows, step.sampled_lens)
-            result = StepResult(step.sampled_seqs, out.token_ids, out.logprobs)
+            sample = self.sampler.sample(logits, step.sampled_seqs, step.sampled_rows, step.sampled_lens)
         self.stats.prompt_tokens += step.num_prompt_tokens
-        self.stats.generated_tokens += len(result.seqs)
+        self.stats.generated_tokens += len(step.sampled_seqs)
         self.stats.steps += 1
         self.stats.busy_seconds += time.perf_counter() - start
-        return result
+        return LaunchedStep(step.sampled_seqs, step.sampled_lens.tolist(), sample, self.stats)

@@ -9,6 +9,11 @@ Per-request parameters live in preallocated per-row columns (the rows of the mod
 InputBatch), written once when a sequence takes a row; a step gathers the batch's rows
 with one numpy index per column group. A new per-row parameter is one more entry of
 ``COLUMNS``. The penalty statistics are kept on the device, one slot per row.
+
+``sample`` returns a ``DeviceSample``: the tokens stay on the device (an overlapped next
+step reads them there, see overlap.py) while their copy to the host is under way, and
+``to_host`` waits for it. Parameters reach the device through pinned, non-blocking copies,
+so sampling queues behind the forward pass instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -55,6 +60,52 @@ class SamplerOutput:
     logprobs: list[dict[int, float] | None] | None = None  # per row: chosen token and the top-n, when asked
 
 
+def to_device(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host array on ``device`` without waiting for the work queued there (a pageable copy would)."""
+    tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+class DeviceSample:
+    """One step's sampled tokens (and logprobs) on the device, with their copy to the host under way."""
+
+    def __init__(self, num_top: np.ndarray, token_ids: torch.Tensor, logprobs=None, top_ids=None, top_logprobs=None):
+        self.token_ids = token_ids  # [rows] int64 on the device
+        self.num_top = num_top  # per row: top logprobs asked (-1: none), as it was at sampling time
+        tensors = (token_ids, logprobs, top_ids, top_logprobs)
+        # From the device, a non-blocking copy lands in pinned memory; on the CPU it is the tensor itself.
+        self._host = [None if t is None else t.to("cpu", non_blocking=True) for t in tensors]
+        self._copied = None
+        if token_ids.device.type == "cuda":
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+
+    def to_host(self) -> SamplerOutput:
+        """Wait for the copy; the tokens (and logprobs) as Python values."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        token_ids, chosen, top_ids, top_lps = self._host
+        tokens = token_ids.tolist()
+        if chosen is None:
+            return SamplerOutput(tokens)
+        chosen = chosen.tolist()
+        top_ids = top_ids.tolist() if top_ids is not None else None
+        top_lps = top_lps.tolist() if top_lps is not None else None
+        out: list[dict[int, float] | None] = []
+        for i, n in enumerate(self.num_top.tolist()):
+            if n < 0:
+                out.append(None)
+                continue
+            entry = {}
+            if n > 0:
+                entry = {t: lp for t, lp in zip(top_ids[i][:n], top_lps[i][:n]) if t >= 0}  # -1 pads short rows
+            entry[tokens[i]] = chosen[i]
+            out.append(entry)
+        return SamplerOutput(tokens, out)
+
+
 class Sampler:
     def __init__(self, vocab_size: int, max_rows: int, device: torch.device, backend: str = "auto"):
         if backend == "triton" and not triton_usable(device):
@@ -97,7 +148,7 @@ class Sampler:
         self.has_processors[row] = bool(seq.params.logits_processors)
         self.has_steps[row] = bool(seq.params.sampling_steps) and not seq.params.greedy
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence], rows: np.ndarray, lens: np.ndarray) -> SamplerOutput:
+    def sample(self, logits: torch.Tensor, seqs: list[Sequence], rows: np.ndarray, lens: np.ndarray) -> DeviceSample:
         """Sample the next token of each sequence; ``rows`` are their rows, ``lens`` their lengths.
 
         Logits processors run first on their rows; a failing one sets ``seq.error`` (the engine
@@ -107,12 +158,13 @@ class Sampler:
             logits, errors = apply_logits_processors(logits, seqs, np.flatnonzero(self.has_processors[rows]))
             for i, message in errors.items():
                 seqs[i].error = message
+        num_top = self.num_logprobs[rows]
         if self.penalties is None and not self.full[rows].any():
-            return SamplerOutput(logits.argmax(dim=-1).tolist())
+            return DeviceSample(num_top, logits.argmax(dim=-1))
         if self.penalties is None and self.uses_penalties[rows].any():
             self.penalties = self.impl.PenaltyState(self.max_rows, self.vocab_size, self.device)
         params = self._pack(seqs, rows, lens)
-        num_logprobs = int(self.num_logprobs[rows].max())
+        num_logprobs = int(num_top.max())
         num_logprobs = None if num_logprobs < 0 else num_logprobs
         # SamplingParams were validated when the request arrived; skip the kernel's host-syncing check.
         if self.has_steps[rows].any():
@@ -123,13 +175,13 @@ class Sampler:
             result = self.impl.sample(logits, params, self.penalties, num_logprobs, validate=False)
         if self.penalties is not None:
             self.penalties.add_tokens(params.penalty_rows, result.token_ids)
-        return self._unpack(result, rows)
+        return DeviceSample(num_top, result.token_ids, result.logprobs, result.top_ids, result.top_logprobs)
 
     def _pack(self, seqs: list[Sequence], rows: np.ndarray, lens: np.ndarray):
         dev = self.device
-        floats = torch.from_numpy(np.stack([self.columns[n][rows] for n in FLOAT_COLUMNS])).to(dev)
+        floats = to_device(np.stack([self.columns[n][rows] for n in FLOAT_COLUMNS]), dev)
         position = lens - self.prompt_len[rows]
-        ints = torch.from_numpy(np.stack([self.columns[n][rows] for n in INT_COLUMNS] + [position])).to(dev)
+        ints = to_device(np.stack([self.columns[n][rows] for n in INT_COLUMNS] + [position]), dev)
         f = dict(zip(FLOAT_COLUMNS, floats.unbind(0)))
         i = dict(zip(INT_COLUMNS + ["position"], ints.unbind(0)))
         return self.impl.SamplingTensors(
@@ -143,11 +195,11 @@ class Sampler:
     def _penalty_rows(self, seqs: list[Sequence], rows: np.ndarray) -> torch.Tensor:
         for i in np.flatnonzero(~self.penalty_ready[rows]):
             seq, row = seqs[i], int(rows[i])
-            prompt = torch.tensor(seq.token_ids[: seq.num_prompt_tokens], dtype=torch.int64, device=self.device)
-            output = torch.tensor(seq.output_token_ids, dtype=torch.int64, device=self.device)
+            prompt = to_device(torch.tensor(seq.token_ids[: seq.num_prompt_tokens], dtype=torch.int64), self.device)
+            output = to_device(torch.tensor(seq.output_token_ids, dtype=torch.int64), self.device)
             self.penalties.reset_row(row, prompt, output)
             self.penalty_ready[row] = True
-        return torch.from_numpy(rows).to(self.device)
+        return to_device(rows, self.device)
 
     def _logit_bias(self, seqs: list[Sequence]) -> torch.Tensor | None:
         if all(s.params.logit_bias is None for s in seqs):
@@ -156,7 +208,7 @@ class Sampler:
         for row, seq in enumerate(seqs):
             for token, value in (seq.params.logit_bias or {}).items():
                 bias[row, token] = value
-        return bias.to(self.device)
+        return to_device(bias, self.device)
 
     def _allowed_mask(self, seqs: list[Sequence]) -> torch.Tensor | None:
         if all(s.params.allowed_token_ids is None and s.trie is None for s in seqs):
@@ -171,24 +223,4 @@ class Sampler:
                 allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
                 allowed[seq.trie.allowed(seq.output_token_ids)] = True
                 mask[row] &= allowed
-        return mask.to(self.device)
-
-    def _unpack(self, result, rows: np.ndarray) -> SamplerOutput:
-        tokens = result.token_ids.tolist()
-        if result.logprobs is None:
-            return SamplerOutput(tokens)
-        chosen = result.logprobs.tolist()
-        num_top = self.num_logprobs[rows].tolist()
-        top_ids = result.top_ids.tolist() if result.top_ids is not None else None
-        top_lps = result.top_logprobs.tolist() if result.top_logprobs is not None else None
-        out: list[dict[int, float] | None] = []
-        for i, n in enumerate(num_top):
-            if n < 0:
-                out.append(None)
-                continue
-            entry = {}
-            if n > 0:
-                entry = {t: lp for t, lp in zip(top_ids[i][:n], top_lps[i][:n]) if t >= 0}  # -1 pads short rows
-            entry[tokens[i]] = chosen[i]
-            out.append(entry)
-        return SamplerOutput(tokens, out)
+        return to_device(mask, self.device)

@@ -73,7 +73,11 @@ class Scheduler:
         # Decodes first so a long prompt chunk never delays them.
         decodes, chunks = [], []
         for seq in running:
-            (decodes if len(seq.token_ids) - seq.num_computed_tokens == 1 else chunks).append(seq)
+            length = len(seq.token_ids)
+            if length - seq.num_computed_tokens != 1:
+                chunks.append(seq)
+            elif length < seq.max_len:  # else its last token is still pending (overlap.py): it ends with it
+                decodes.append(seq)
         capacity = pool.block_size
         scheduled, counts = batch.seqs, batch.num_new_tokens
         for seq in decodes + chunks if chunks else decodes:
@@ -185,6 +189,8 @@ class Scheduler:
         pool = self.pools[batch.model]
         block_size = pool.block_size
         for seq, num_tokens in zip(batch.seqs, batch.num_new_tokens):
+            if seq.status is not SequenceStatus.RUNNING:  # finished while its step ran (overlap.py)
+                continue
             seq.num_computed_tokens += num_tokens
             if seq.num_computed_tokens // block_size > seq.num_hashed_blocks:
                 pool.commit(seq, batch.model)

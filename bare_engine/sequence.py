@@ -6,6 +6,9 @@ from enum import Enum, auto
 
 from bare_engine.sampling_params import SamplingParams
 
+# Stands in token_ids for a token sampled on the device but not yet read back (overlap.py).
+PENDING_TOKEN = -1
+
 
 class SequenceStatus(Enum):
     WAITING = auto()
@@ -38,6 +41,8 @@ class Sequence:
         self.block_table: list[int] = []
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
         self.row: int | None = None  # row in the model's InputBatch (and sampler state) while running
+        self.sample_index = 0  # index of its token among the sampled tokens of its last step
+        self.num_pending = 0  # trailing PENDING_TOKENs in token_ids (overlapped steps only)
         self.num_hashed_blocks = 0  # leading full blocks whose prefix-cache hash is known
         self.last_block_hash: int | None = None  # chained hash of the last of them
         self.max_len = 1 << 62  # total length at which it stops (max_tokens / context), set by the engine
@@ -54,11 +59,12 @@ class Sequence:
 
     @property
     def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
+        """The tokens generated so far, without any still pending on the device."""
+        return self.token_ids[self.num_prompt_tokens:len(self.token_ids) - self.num_pending]
 
     @property
     def num_output_tokens(self) -> int:
-        return len(self.token_ids) - self.num_prompt_tokens
+        return len(self.token_ids) - self.num_prompt_tokens - self.num_pending
 
     @property
     def num_uncomputed_tokens(self) -> int:

@@ -16,13 +16,16 @@ import torch
 from bare_engine.input_batch import StepInputs, StepLayout
 
 KIND_STEP = 1
-_LAYOUT_FIELDS = [f.name for f in dataclasses.fields(StepLayout)]
+# Tensor parallel runs synchronous steps (overlap.py), so a worker's step never has pending tokens.
+_LAYOUT_FIELDS = [f.name for f in dataclasses.fields(StepLayout) if f.name != "num_pending"]
 _HEADER = 2 + len(_LAYOUT_FIELDS)
 
 
 def encode_step(model_index: int, inputs: StepInputs) -> bytes:
     """The step of model ``model_index``; ``inputs`` still on the host (before its copy to the device)."""
     layout = inputs.layout
+    if layout.num_pending:
+        raise ValueError("a tensor-parallel step cannot have input tokens pending on the driver's device")
     header = np.array([KIND_STEP, model_index, *(getattr(layout, f) for f in _LAYOUT_FIELDS)], dtype=np.int32)
     return header.tobytes() + inputs.buffer[: layout.size].numpy().tobytes()
 

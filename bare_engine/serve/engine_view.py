@@ -27,7 +27,8 @@ def request_progress(engine, request_id: str, starts: list[int]) -> list[SampleP
     progress = []
     for seq, start in zip(request.seqs, starts):
         produced = seq.num_output_tokens
-        new = seq.token_ids[seq.num_prompt_tokens + start:] if produced > start else []
+        first = seq.num_prompt_tokens
+        new = seq.token_ids[first + start:first + produced] if produced > start else []  # no pending tokens
         progress.append(SampleProgress(new, produced, seq.is_finished))
     return progress
 
