@@ -2,7 +2,8 @@
 much of a step is host work (wall time) vs device work (kernel time, from the profiler).
 
 Uses only the engine's public API: requests in, ``step()``, ``stats`` to tell prefill steps
-from decode steps, ``abort_request`` to stop early.
+from decode steps, ``abort_request`` to stop early (and ``set_async_scheduling`` to time
+overlapped steps against synchronous ones).
 """
 
 from __future__ import annotations
@@ -83,14 +84,7 @@ def steady_decode(
     profile ``profile_steps`` more). Aborts the requests afterwards."""
     model = engine.model_names[0]
     device, dtype = engine.device, engine.dtype
-    vocab = load_model_config(model_dir).vocab_size
-    rng = random.Random(seed)
-    prefill_steps = -(-batch * prompt_len // engine.config.max_num_batched_tokens)
-    params = SamplingParams(max_tokens=2 * prefill_steps + warmup + steps + profile_steps + 8, ignore_eos=True,
-                            seed=seed, **SAMPLING[sampling])
-    ids = [f"steady-{seed}-{i}" for i in range(batch)]
-    for rid in ids:
-        engine.add_request(rid, [rng.randrange(3, vocab) for _ in range(prompt_len)], params, model=model)
+    ids = _add_requests(engine, model_dir, batch, prompt_len, warmup + steps + profile_steps, sampling, seed)
     start_generated = _counters(engine, model)[1]
     timed: list[tuple[float, int]] = []  # (wall seconds, tokens generated before the step)
     device_us, profiled = 0.0, 0
@@ -129,6 +123,58 @@ def steady_decode(
         result.update(device_ms_per_step=_sig(device_ms), profiled_steps=profiled,
                       host_ms_per_step=_sig(max(step_s * 1e3 - device_ms, 0.0)),
                       device_busy_fraction=_sig(device_ms / (step_s * 1e3)))
+    return result
+
+
+def _add_requests(engine, model_dir, batch: int, prompt_len: int, decode_steps: int, sampling: str,
+                  seed: int) -> list[str]:
+    """``batch`` requests of ``prompt_len`` random tokens that run past their prefill plus ``decode_steps``."""
+    vocab = load_model_config(model_dir).vocab_size
+    rng = random.Random(seed)
+    prefill_steps = -(-batch * prompt_len // engine.config.max_num_batched_tokens)
+    params = SamplingParams(max_tokens=2 * prefill_steps + decode_steps + 8, ignore_eos=True, seed=seed,
+                            **SAMPLING[sampling])
+    ids = [f"steady-{seed}-{i}" for i in range(batch)]
+    for rid in ids:
+        engine.add_request(rid, [rng.randrange(3, vocab) for _ in range(prompt_len)], params,
+                           model=engine.model_names[0])
+    return ids
+
+
+def overlapped_decode(engine, model_dir, batch: int, prompt_len: int, steps: int, sampling: str = "greedy",
+                      seed: int = 1) -> dict:
+    """Wall time of ``steps`` back-to-back full-batch decode steps with overlapped steps (async scheduling)
+    off, then on, on the same engine; one device sync per run, so the overlap shows. Leaves the
+    engine's setting as it found it."""
+    model = engine.model_names[0]
+    was = engine.async_scheduling
+    result = {"batch": batch, "prompt_len": prompt_len, "steps": steps, "sampling": sampling}
+    try:
+        for overlapped in (False, True):
+            engine.set_async_scheduling(overlapped)
+            ids = _add_requests(engine, model_dir, batch, prompt_len, 2 * steps + 4, sampling, seed)
+            try:
+                full = 0
+                while full < 2:  # past the prefill (and the first decode, which may share a step with it)
+                    before = _counters(engine, model)
+                    engine.step()
+                    after = _counters(engine, model)
+                    full = full + 1 if after[0] == before[0] and after[1] - before[1] == batch else 0
+                _sync(engine.device)
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    engine.step()
+                _sync(engine.device)
+                wall = time.perf_counter() - t0
+                if _counters(engine, model) != (after[0], after[1] + steps * batch):
+                    raise RuntimeError("a timed step was not a full-batch decode step")
+            finally:
+                for rid in ids:
+                    engine.abort_request(rid)
+            result["async_step_ms" if overlapped else "sync_step_ms"] = _sig(wall / steps * 1e3)
+    finally:
+        engine.set_async_scheduling(was)
+    result["async_speedup"] = _sig(result["sync_step_ms"] / result["async_step_ms"])
     return result
 
 

@@ -7,6 +7,9 @@ full-batch decode steps (and the step against the memory roofline).
 Wall time is measured on unprofiled steps (the engine syncs each step when it reads the
 sampled tokens back); device time is the sum of the kernels' durations the profiler records
 over further steps. Host time per step is their difference: the part of a step the GPU idles.
+``--overlap-steps N`` also times N back-to-back decode steps with async scheduling off and on
+(``async_scheduling`` in the report: the host work that overlapped steps hide; on a CPU there is
+nothing to hide, so expect a ratio near 1 there).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 
 from bare_engine import LLMEngine
 from bare_engine.bench import PRESETS, device_name, peak_bandwidth, preset_model_dir
-from bare_engine.bench_decode import SAMPLING, copy_bandwidth, roofline, steady_decode
+from bare_engine.bench_decode import SAMPLING, copy_bandwidth, overlapped_decode, roofline, steady_decode
 from bare_engine.config import EngineConfig
 
 RESULTS = Path(__file__).parent / "results"
@@ -37,6 +40,8 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=8, help="profiled decode steps (device time)")
     parser.add_argument("--sampling", choices=sorted(SAMPLING), default="filters")
     parser.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    parser.add_argument("--overlap-steps", type=int, default=16,
+                        help="decode steps timed with async scheduling off and on (0: skip)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", type=Path, help="JSON file (default: benchmarks/results/decode_step_<device>.json)")
     args = parser.parse_args()
@@ -46,6 +51,10 @@ def main() -> None:
         engine = LLMEngine(model_dir, config)
         step = steady_decode(engine, model_dir, args.batch, args.prompt_len, args.steps,
                              profile_steps=args.profile_steps, sampling=args.sampling)
+        overlap = None
+        if args.overlap_steps:
+            overlap = overlapped_decode(engine, model_dir, args.batch, args.prompt_len, args.overlap_steps,
+                                        sampling=args.sampling)
         name = device_name(engine.device)
         report = {
             "benchmark": "decode_step",
@@ -57,12 +66,14 @@ def main() -> None:
             **step,
             **roofline(step, copy_bandwidth(engine.device)),
             "peak_bandwidth_Bps": peak_bandwidth(name),
+            "async_scheduling": overlap,
         }
     path = args.output or RESULTS / f"decode_step_{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report.get(k) for k in ("step_ms_median", "device_ms_per_step", "host_ms_per_step",
-                                                 "device_busy_fraction", "step_vs_roofline")}))
+    summary = {k: report.get(k) for k in ("step_ms_median", "device_ms_per_step", "host_ms_per_step",
+                                          "device_busy_fraction", "step_vs_roofline")}
+    print(json.dumps({**summary, "async_speedup": (overlap or {}).get("async_speedup")}))
     print(f"wrote {path}")
 
 

@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/overhead.py                     # all cases, this tree
     OMP_NUM_THREADS=1 python benchmarks/overhead.py --baseline-rev HEAD~3   # plus an older commit, same run
+    OMP_NUM_THREADS=1 python benchmarks/overhead.py --async-scheduling both  # overlapped steps off and on
 
 The forward pass returns preallocated hidden states and the logits head returns one of a few
 preallocated random logit tensors of the right shape ([tokens, hidden], [rows, vocab]); the
@@ -18,7 +19,9 @@ step includes add_request for the new prompts) and profiles more steps with cPro
 (the top functions by own time, in microseconds per sequence per step).
 ``--baseline-rev REV`` extracts REV's ``bare_engine`` and ``kernels`` into a temporary
 directory and runs the same cases against it in a subprocess, so both sets of numbers come
-from one run on the same machine; the report gives their ratio.
+from one run on the same machine; the report gives their ratio. ``--async-scheduling both``
+runs each case with overlapped steps (overlap.py) off and on: on a CPU nothing overlaps, so this
+measures the overlapped loop's own host cost (the gain needs a GPU: benchmarks/decode_step.py).
 Results: benchmarks/results/overhead_<device>.json.
 """
 
@@ -126,7 +129,7 @@ def case_params(case: str, rng: random.Random):
 
 
 class Case:
-    def __init__(self, model_dir: Path, case: str, seqs: int, seed: int = 0):
+    def __init__(self, model_dir: Path, case: str, seqs: int, seed: int = 0, overlapped: bool = False):
         from bare_engine.config import EngineConfig
         from bare_engine.engine import LLMEngine
 
@@ -138,6 +141,7 @@ class Case:
             max_num_seqs=seqs, max_num_batched_tokens=seqs + (512 if mixed else self.prompt_len * seqs),
             num_kv_blocks=seqs * 2 * (1024 // 16) // 2 + 64, block_size=16, max_model_len=1024,
             enforce_eager=True, device="cpu", dtype="float32", enable_prefix_caching=True,
+            **({"async_scheduling": True} if overlapped else {}),  # omitted: older trees lack the option
         )
         self.engine = LLMEngine(model_dir, config)
         runner = self.engine.runners["default"]
@@ -175,8 +179,8 @@ class Case:
             self.step()
 
 
-def measure(model_dir: Path, case: str, seqs: int, steps: int, profile_steps: int) -> dict:
-    bench = Case(model_dir, case, seqs)
+def measure(model_dir: Path, case: str, seqs: int, steps: int, profile_steps: int, overlapped: bool = False) -> dict:
+    bench = Case(model_dir, case, seqs, overlapped=overlapped)
     bench.warm_up()
     per_seq, cpu_per_seq, tokens = [], [], []
     for _ in range(steps):
@@ -194,7 +198,7 @@ def measure(model_dir: Path, case: str, seqs: int, steps: int, profile_steps: in
         counted += bench.stub.num_seqs
     profiler.disable()
     return {
-        "case": case, "seqs": seqs, "steps": steps,
+        "case": case, "seqs": seqs, "steps": steps, "async_scheduling": overlapped,
         "us_per_seq_step": statistics.median(cpu_per_seq),
         "wall_us_per_seq_step": statistics.median(per_seq),
         "wall_us_per_seq_step_p90": sorted(per_seq)[int(0.9 * (len(per_seq) - 1))],
@@ -215,7 +219,7 @@ def profile_top(profiler: cProfile.Profile, counted_seqs: int, top: int = 12) ->
     return [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows[:top]]
 
 
-def run_cases(cases, sizes, steps, profile_steps) -> list[dict]:
+def run_cases(cases, sizes, steps, profile_steps, modes=(False,)) -> list[dict]:
     from bare_engine.testing import make_model_dir
 
     results = []
@@ -225,9 +229,16 @@ def run_cases(cases, sizes, steps, profile_steps) -> list[dict]:
                                    max_position_embeddings=1024)
         for case in cases:
             for seqs in sizes:
-                row = measure(model_dir, case, seqs, steps, profile_steps)
-                print(f"{case:>14} {seqs:>5} seqs: {row['us_per_seq_step']:7.2f} us/seq/step", file=sys.stderr)
-                results.append(row)
+                for overlapped in modes:
+                    row = measure(model_dir, case, seqs, steps, profile_steps, overlapped)
+                    print(f"{case:>14} {seqs:>5} seqs{' async' if overlapped else ''}: "
+                          f"{row['us_per_seq_step']:7.2f} us/seq/step", file=sys.stderr)
+                    results.append(row)
+    if len(modes) > 1:  # the overlapped loop's host cost against the synchronous one's
+        sync = {(r["case"], r["seqs"]): r["us_per_seq_step"] for r in results if not r["async_scheduling"]}
+        for row in results:
+            if row["async_scheduling"]:
+                row["sync_vs_async_cpu_time"] = sync[(row["case"], row["seqs"])] / row["us_per_seq_step"]
     return results
 
 
@@ -259,6 +270,8 @@ def main() -> None:
     parser.add_argument("--baseline-rev", help="git revision to measure in the same run, as the baseline")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--tag", default="", help="suffix of the result file name")
+    parser.add_argument("--async-scheduling", choices=["off", "on", "both"], default="off",
+                        help="overlapped steps in this tree's cases (the baseline runs synchronous steps)")
     parser.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -267,7 +280,8 @@ def main() -> None:
         print(json.dumps(run_cases(args.cases, args.sizes, args.steps, args.profile_steps)))
         return
     baseline = run_baseline(args.baseline_rev, args) if args.baseline_rev else None
-    results = run_cases(args.cases, args.sizes, args.steps, args.profile_steps)
+    modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.async_scheduling]
+    results = run_cases(args.cases, args.sizes, args.steps, args.profile_steps, modes)
     if baseline:
         by_key = {(b["case"], b["seqs"]): b for b in baseline}
         for row in results:
@@ -290,8 +304,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"overhead_{report['device']}{args.tag}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
-    summary = [{k: r.get(k) for k in ("case", "seqs", "us_per_seq_step", "baseline_us_per_seq_step",
-                                      "speedup_vs_baseline")} for r in results]
+    summary = [{k: r.get(k) for k in ("case", "seqs", "async_scheduling", "us_per_seq_step",
+                                      "baseline_us_per_seq_step", "speedup_vs_baseline", "sync_vs_async_cpu_time")}
+               for r in results]
     print(json.dumps(summary, indent=1))
     print(f"wrote {path}")
 

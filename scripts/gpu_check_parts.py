@@ -184,10 +184,14 @@ def bare_goals(r: dict, dry_run: bool) -> list[dict]:
 
 
 def overhead_goals(r: dict, dry_run: bool) -> list[dict]:
+    overlap = r.get("async_scheduling") or {}
     return [goal(f"host time per step at {r['batch']} sequences (wall {r['step_ms_median']} ms; report only)",
                  r.get("host_ms_per_step"), "report", None, dry_run),
             goal("device busy fraction of a step (device kernel time / wall time; report only)",
-                 r.get("device_busy_fraction"), "report", None, dry_run)]
+                 r.get("device_busy_fraction"), "report", None, dry_run),
+            goal(f"decode step time, synchronous / async scheduling ({overlap.get('sync_step_ms')} ms / "
+                 f"{overlap.get('async_step_ms')} ms; report only)", overlap.get("async_speedup"), "report", None,
+                 dry_run)]
 
 
 WORKER_BODIES = {"nanovllm": run_nanovllm}
@@ -218,10 +222,10 @@ PARTS: list[Part] = [
          ["--preset", "qwen3-0.6b", "--num", "128", "--max-tokens", "128", "--max-num-seqs", "128"],
          ["--preset", "tiny", "--num", "4", "--max-tokens", "8", "--max-num-seqs", "4", "--threads", "1"],
          ["{python}", "benchmarks/bare_pipeline.py"], read_json, bare_goals),
-    Part("step_overhead", "host vs device time per decode step, 256 sequences", 40, 120,
+    Part("step_overhead", "host vs device time per decode step, 256 sequences; async scheduling off vs on", 44, 120,
          ["--preset", "qwen3-0.6b", "--model-root", "{work}/models", "--batch", "256", "--prompt-len", "512",
-          "--steps", "24", "--profile-steps", "8"],
+          "--steps", "20", "--profile-steps", "8", "--overlap-steps", "16"],
          ["--preset", "tiny", "--model-root", "{work}/models", "--batch", "4", "--prompt-len", "16",
-          "--steps", "4", "--profile-steps", "2"],
+          "--steps", "4", "--profile-steps", "2", "--overlap-steps", "3"],
          ["{python}", "benchmarks/decode_step.py"], read_json, overhead_goals),
 ]

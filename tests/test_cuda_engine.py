@@ -1,6 +1,7 @@
 """The engine end to end on CUDA (run by scripts/gpu_check.sh; skipped without CUDA): decode
 CUDA graphs against eager, seeded sampling in and out of graphs, the Triton backends against
-the torch ones, and bf16 greedy against transformers in bf16.
+the torch ones, bf16 greedy against transformers in bf16, and async scheduling (overlapped
+steps, the CUDA default) against synchronous steps.
 
 float32 comparisons are exact. In bf16 two implementations round differently, so greedy
 outputs may part at a near-tie: the rule (as in tests/test_parity.py) is that they are
@@ -135,3 +136,25 @@ def test_bf16_greedy_matches_transformers_bf16_with_top5_rule(model_dirs, arch):
         if engine_tokens != expected:
             i = next(i for i, (a, b) in enumerate(zip(engine_tokens, expected)) if a != b)
             assert engine_tokens[i] in top5[i], f"diverged at token {i}: engine {engine_tokens[i]} not in {top5[i]}"
+
+
+def test_async_scheduling_equals_synchronous_steps(model_dirs):
+    """Overlapped steps (the CUDA default) against synchronous ones, with decode graphs: greedy, seeded
+    filters and penalties, logprobs, stop tokens, n > 1, a small pool (preemption) and rows joining mid-run."""
+    model_dir = model_dirs["qwen3"]
+    plain = tokens(engine(model_dir, async_scheduling=False).generate(PROMPTS, GREEDY, use_tqdm=False))
+    params = [SamplingParams(temperature=0.0, max_tokens=24, stop_token_ids=[plain[i][9]]) if i % 4 == 1 else
+              SamplingParams(seed=20 + i, n=1 + i % 2, logprobs=2 if i % 3 == 0 else None, **FILTERS)
+              for i in range(len(PROMPTS))]
+    for kwargs in (dict(), dict(num_kv_blocks=12, block_size=16, max_model_len=128, max_num_seqs=4)):
+        runs = []
+        for overlapped in (False, True):
+            llm = engine(model_dir, async_scheduling=overlapped, **kwargs)
+            assert llm.engine.async_scheduling is overlapped
+            outs = llm.generate(PROMPTS, params, use_tqdm=False) + llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+            runs.append([[(c.token_ids, c.finish_reason, c.stop_reason, c.text) for c in o.outputs] for o in outs])
+            if "num_kv_blocks" in kwargs:
+                assert llm.engine.scheduler.num_preemptions > 0
+        assert runs[1] == runs[0], kwargs
+    assert [r[0][0] for r in runs[0][len(PROMPTS):]] == plain
+    assert {r[0][1] for r in runs[0]} == {"stop", "length"}
