@@ -31,7 +31,9 @@ from __future__ import annotations
 from bare_engine.model_runner import LaunchedStep
 from bare_engine.outputs import RequestOutput
 from bare_engine.sampling_params import SamplingParams
-from bare_engine.sequence import PENDING_TOKEN
+from bare_engine.sequence import PENDING_TOKEN, SequenceStatus
+
+FINISHED = SequenceStatus.FINISHED
 
 
 def needs_host_history(params: SamplingParams) -> bool:
@@ -74,10 +76,9 @@ class OverlappedSteps:
         result = launched.result()
         eos_ids, logprobs = engine.eos_ids[model], result.logprobs
         finished = []
-        for i, (seq, token) in enumerate(zip(result.seqs, result.token_ids)):
-            if seq.is_finished:  # finished (or aborted) while this step ran: the token is not its own
+        for i, (seq, token, position) in enumerate(zip(result.seqs, result.token_ids, launched.positions)):
+            if seq.status is FINISHED:  # finished (or aborted) while this step ran: the token is not its own
                 continue
-            position = launched.positions[i]
             seq.token_ids[position] = token
             seq.num_pending -= 1
             if engine.accept_token(seq, token, logprobs[i] if logprobs is not None else None, eos_ids, position + 1):
