@@ -41,6 +41,8 @@ def engine_options(fn):
         click.option("--max-model-len", type=int, default=None),
         click.option("--attention-backend", default="auto", show_default=True, help="auto, torch, triton or flash_attn."),
         click.option("--enforce-eager", is_flag=True, help="Do not capture CUDA graphs."),
+        click.option("--async-scheduling/--no-async-scheduling", default=None,
+                     help="Overlap host work with the device's step (default: on for CUDA, off on CPU)."),
         click.option("--tensor-parallel-size", type=int, default=1, show_default=True,
                      help="Shard every model over this many GPUs (cuda:0..N-1), one process each."),
     ]
@@ -53,7 +55,7 @@ def engine_config_from(kwargs: dict):
     from bare_engine.config import EngineConfig
 
     keys = ("device", "dtype", "num_kv_blocks", "block_size", "max_num_seqs", "max_num_batched_tokens",
-            "max_model_len", "attention_backend", "enforce_eager", "tensor_parallel_size")
+            "max_model_len", "attention_backend", "enforce_eager", "tensor_parallel_size", "async_scheduling")
     return EngineConfig(**{k: kwargs.pop(k) for k in keys})
 
 

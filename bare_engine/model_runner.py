@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ModelStats:
     prompt_tokens: int = 0
-    generated_tokens: int = 0
+    generated_tokens: int = 0  # sampled (with async scheduling, also the discarded token of a step run past a stop)
     steps: int = 0
     busy_seconds: float = 0.0
 

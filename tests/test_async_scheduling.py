@@ -200,7 +200,7 @@ def test_greedy_matches_transformers(model_dir):
     assert [o.outputs[0].token_ids for o in outputs] == hf_greedy(model_dir, prompts, 16)
 
 
-def count_overlapped_steps(engine, monkeypatch) -> list[int]:
+def count_overlapped_steps(monkeypatch) -> list[int]:
     calls = [0]
     original = OverlappedSteps.step
 
@@ -222,7 +222,7 @@ def test_logits_processors_and_constraints_run_synchronously(model_dir, monkeypa
     params[3] = SamplingParams(seed=3, max_tokens=8, allowed_token_sequences=[[5, 6, 7], [9, 10]])
     sync, _ = generate(model_dir, PROMPTS, params, False)
     llm = LLM(model_dir, async_scheduling=True, **ENGINE)
-    calls = count_overlapped_steps(llm.engine, monkeypatch)
+    calls = count_overlapped_steps(monkeypatch)
     overlapped = llm.generate(PROMPTS, params, use_tqdm=False)
     assert completions(overlapped) == completions(sync)
     assert sync[3].outputs[0].token_ids in ([5, 6, 7], [9, 10])
@@ -269,3 +269,19 @@ def test_switching_needs_an_idle_engine(model_dir):
     engine.set_async_scheduling(False)
     assert not engine.async_scheduling
     check_released(engine)
+
+
+def test_cli_flag(model_dir, monkeypatch):
+    from click.testing import CliRunner
+
+    from bare_engine.cli import main
+
+    calls = count_overlapped_steps(monkeypatch)
+    args = ["generate", "--model", str(model_dir), "--prompt", "the fox", "--prompt", "a cat", "--seed", "3",
+            "--n", "2", "--max-tokens", "6", "--json"]
+    sync = CliRunner().invoke(main, args + ["--no-async-scheduling"])
+    assert calls[0] == 0
+    overlapped = CliRunner().invoke(main, args + ["--async-scheduling"])
+    assert calls[0] > 0
+    assert sync.exit_code == overlapped.exit_code == 0, sync.output + overlapped.output
+    assert overlapped.output == sync.output and sync.output.count("token_ids") == 4

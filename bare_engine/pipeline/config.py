@@ -82,6 +82,7 @@ class EngineSection:
     kv_split_ratio: float = 0.5
     enforce_eager: bool = False
     tensor_parallel_size: int = 1  # GPUs (cuda:0..N-1) both models are sharded over
+    async_scheduling: bool | None = None  # overlapped steps (bare_engine/overlap.py); null: on for CUDA
 
 
 @dataclass
@@ -343,7 +344,7 @@ RESUME_FREE_KEYS = {
     "base", "instruct", "seeds", "candidates", "teacher", "teacher_base", "input",
     "engine.num_kv_blocks", "engine.gpu_memory_utilization", "engine.max_num_seqs",
     "engine.max_num_batched_tokens", "engine.enable_prefix_caching", "engine.kv_split_ratio",
-    "engine.enforce_eager", "engine.tensor_parallel_size",
+    "engine.enforce_eager", "engine.tensor_parallel_size", "engine.async_scheduling",
 }
 # Keys only annotate mode reads: part of its resume key only (older manifests lack them).
 ANNOTATE_KEYS = {"input_fields", "label_field", "labels", "annotate_template", "annotate_example", "stop"}
