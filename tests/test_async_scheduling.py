@@ -285,3 +285,60 @@ def test_cli_flag(model_dir, monkeypatch):
     assert calls[0] > 0
     assert sync.exit_code == overlapped.exit_code == 0, sync.output + overlapped.output
     assert overlapped.output == sync.output and sync.output.count("token_ids") == 4
+
+
+def random_run(model_dir, seed: int, overlapped: bool):
+    """A random engine config and workload: requests joining over time, one abort, a small pool."""
+    rng = random.Random(seed)
+    bs = rng.choice([2, 4, 8])
+    config = EngineConfig(async_scheduling=overlapped, block_size=bs, max_model_len=64,
+                          num_kv_blocks=64 // bs + rng.randint(1, 64 // bs), max_num_seqs=rng.randint(1, 6),
+                          max_num_batched_tokens=rng.choice([8, 16, 64]), enable_prefix_caching=rng.random() < 0.7)
+    engine = LLMEngine(model_dir, config)
+    eos = engine.tokenizer().eos_token_id
+    shared = random_prompts([rng.randint(0, 12)], seed=seed)[0]
+    plan = []
+    for i in range(rng.randint(3, 8)):
+        params = SamplingParams(
+            max_tokens=rng.randint(1, 20), n=rng.choice([1, 1, 2]), temperature=rng.choice([0.0, 0.8, 1.3]),
+            seed=rng.randrange(1000), top_k=rng.choice([-1, 5]), presence_penalty=rng.choice([0.0, 0.5]),
+            logprobs=rng.choice([None, 1]), logit_bias={eos: rng.uniform(0, 5)}, stop=rng.choice([None, ["e", "a "]]),
+            stop_token_ids=random_prompts([rng.choice([0, 10])], seed=seed + i)[0])
+        plan.append((rng.randint(0, 6), f"r{i}", shared + random_prompts([rng.randint(1, 30)], seed=seed + i)[0], params))
+    abort = (rng.randint(1, 8), f"r{rng.randrange(len(plan))}")
+    done, step = {}, 0
+    while plan or engine.has_unfinished_requests():
+        for _, rid, prompt, params in [p for p in plan if p[0] <= step]:
+            engine.add_request(rid, prompt, params)
+        plan = [p for p in plan if p[0] > step]
+        if step == abort[0]:
+            engine.abort_request(abort[1])
+        done.update((o.request_id, completions([o])) for o in engine.step())
+        step += 1
+    check_released(engine)
+    done.pop(abort[1], None)  # it may have finished before the abort in one run only
+    return done, engine.scheduler.num_preemptions
+
+
+def test_random_workloads(model_dir):
+    preempted = 0
+    for seed in range(103, 109):
+        sync, _ = random_run(model_dir, seed, False)
+        overlapped, preemptions = random_run(model_dir, seed, True)
+        assert overlapped == sync, seed
+        preempted += preemptions > 0
+    assert preempted > 0
+
+
+def test_prefix_cache_holds_generated_tokens(model_dir):
+    """Blocks full of generated tokens are cached under their real tokens (not pending ones)."""
+    hits = []
+    for overlapped in (False, True):
+        llm = LLM(model_dir, async_scheduling=overlapped, **ENGINE)
+        first = llm.generate(PROMPTS[:2], SamplingParams(seed=1, max_tokens=20, ignore_eos=True), use_tqdm=False)
+        pool = llm.engine.scheduler.pools["default"]
+        before = pool.num_hit_blocks
+        again = [p + o.outputs[0].token_ids for p, o in zip(PROMPTS[:2], first)]
+        llm.generate(again, SamplingParams(max_tokens=2), use_tqdm=False)
+        hits.append(pool.num_hit_blocks - before)
+    assert hits[1] == hits[0] >= (len(PROMPTS[1]) + 20) // ENGINE["block_size"] - 1
