@@ -158,3 +158,23 @@ def test_async_scheduling_equals_synchronous_steps(model_dirs):
         assert runs[1] == runs[0], kwargs
     assert [r[0][0] for r in runs[0][len(PROMPTS):]] == plain
     assert {r[0][1] for r in runs[0]} == {"stop", "length"}
+
+
+def test_overlapped_decode_steps_do_not_sync_implicitly(model_dirs):
+    """Async scheduling's steady decode step waits for the device only where it means to (the CUDA event of
+    the previous step's tokens): no implicit sync (a pageable copy, .item(), .tolist() of a device tensor)."""
+    llm = engine(model_dirs["qwen3"])
+    assert llm.engine.async_scheduling  # the CUDA default
+    params = SamplingParams(seed=5, logprobs=2, logit_bias={9: 1.0}, **{**FILTERS, "max_tokens": 64})
+    for i, prompt in enumerate(PROMPTS):
+        llm.engine.add_request(f"r{i}", prompt, params)
+    for _ in range(6):  # past the prefill: every row decodes, penalty rows are set up
+        llm.engine.step()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(4):
+            llm.engine.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        for i in range(len(PROMPTS)):
+            llm.engine.abort_request(f"r{i}")
