@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,10 @@ class LLMEngine:
         drain = "instruct" if "instruct" in models else None
         self.policy = policy or InterleavePolicy(drain_model=drain)
         self.requests: dict[str, _Request] = {}
-        self._host_history: set[str] = set()  # unfinished requests that keep steps synchronous (overlap.py)
+        # Unfinished requests whose sampling reads their tokens on the host -> model; their
+        # models' steps run synchronously (overlap.py).
+        self._host_history: dict[str, str] = {}
+        self.host_history_models: Counter[str] = Counter()
         self.overlap: OverlappedSteps | None = None
         self._set_overlap(self.config.resolve_async_scheduling(self.device))
         self._token_bytes_cache: dict[tuple[str, bool], TokenBytes | None] = {}
@@ -282,7 +286,8 @@ class LLMEngine:
             self.scheduler.add(seq)
         self.requests[request_id] = _Request(request_id, model, token_ids, seqs)
         if needs_host_history(params):
-            self._host_history.add(request_id)
+            self._host_history[request_id] = model
+            self.host_history_models[model] += 1
 
     def _token_bytes(self, model: str, params: SamplingParams) -> TokenBytes | None:
         """The model's token-bytes table for fast stop-string checks (built on the first request with stop strings)."""
@@ -338,7 +343,11 @@ class LLMEngine:
                 self.scheduler.finish(seq)
 
     def _pop_request(self, request_id: str) -> _Request | None:
-        self._host_history.discard(request_id)
+        model = self._host_history.pop(request_id, None)
+        if model is not None:
+            self.host_history_models[model] -= 1
+            if not self.host_history_models[model]:
+                del self.host_history_models[model]
         return self.requests.pop(request_id, None)
 
     def has_unfinished_requests(self) -> bool:
@@ -352,10 +361,9 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one forward pass of one model; return the requests that finished in it (with overlapped
         steps: in the previous one, processed while this one runs)."""
-        if self.overlap is not None and not self._host_history:
+        if self.overlap is not None:
             return self.overlap.step()
-        finished = self.overlap.drain() if self.overlap is not None else []
-        return finished + self._step_synchronously()
+        return self._step_synchronously()
 
     def schedule_batch(self) -> ScheduledBatch | None:
         """The next step's batch, of the first model in the policy's order that has one."""
@@ -372,6 +380,10 @@ class LLMEngine:
             if self.requests:
                 raise RuntimeError("scheduler made no progress with requests pending (engine bug)")
             return []
+        return self.run_batch(batch)
+
+    def run_batch(self, batch: ScheduledBatch) -> list[RequestOutput]:
+        """Run a scheduled batch, waiting for its tokens, and process them: a synchronous step."""
         result = self.runners[batch.model].run(batch)
         self.scheduler.after_step(batch)
         finished_requests = []

@@ -20,10 +20,12 @@ step; penalty statistics live on the device and count each token when it is samp
 state sampling reads otherwise (the penalty reset of a sequence taking a row) excludes pending
 tokens, and a sequence only takes a row once its pending tokens are read back.
 
-The engine runs synchronous steps instead, after processing the pending one, while any request
-needs its token history on the host when it is sampled (logits processors, allowed_token_sequences),
-and always with tensor_parallel_size > 1 (the workers would need the sampled tokens). On the CPU
-there is nothing to overlap: ``async_scheduling=True`` there runs this same code path, for tests.
+A step of a model with an unfinished request whose sampling reads its token history on the
+host (logits processors, allowed_token_sequences) runs synchronously: the pending step is
+processed first, the sequences it finished leave the batch, and the batch runs as in the
+synchronous engine. Tensor parallelism (tensor_parallel_size > 1) always runs synchronous steps
+(the workers would need the sampled tokens). On the CPU there is nothing to overlap:
+``async_scheduling=True`` there runs this same code path, for tests.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 from bare_engine.model_runner import LaunchedStep
 from bare_engine.outputs import RequestOutput
 from bare_engine.sampling_params import SamplingParams
+from bare_engine.scheduler import ScheduledBatch
 from bare_engine.sequence import PENDING_TOKEN, SequenceStatus
 
 FINISHED = SequenceStatus.FINISHED
@@ -54,6 +57,8 @@ class OverlappedSteps:
             if self.pending is None and engine.requests:
                 raise RuntimeError("scheduler made no progress with requests pending (engine bug)")
             return self.drain()
+        if batch.model in engine.host_history_models:
+            return self._step_synchronously(batch)
         previous = self.pending
         launched = engine.runners[batch.model].launch(batch, previous.device_tokens if previous else None)
         for seq in launched.seqs:
@@ -65,6 +70,15 @@ class OverlappedSteps:
         if not engine.requests:  # the last ones just finished: what is left ran for nothing
             self.drain()
         return finished
+
+    def _step_synchronously(self, batch: ScheduledBatch) -> list[RequestOutput]:
+        """Process the pending step, then run ``batch`` without what it finished (scheduled before
+        their last token was known) as a synchronous step."""
+        finished = self.drain()
+        seqs = [(s, n) for s, n in zip(batch.seqs, batch.num_new_tokens) if s.status is not FINISHED]
+        if len(seqs) < len(batch.seqs):
+            batch = ScheduledBatch(batch.model, [s for s, _ in seqs], [n for _, n in seqs])
+        return finished + (self.engine.run_batch(batch) if batch else [])
 
     def drain(self) -> list[RequestOutput]:
         """Process the pending step, if any; the requests it finished."""

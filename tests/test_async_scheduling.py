@@ -212,29 +212,61 @@ def count_overlapped_steps(monkeypatch) -> list[int]:
     return calls
 
 
-def test_logits_processors_and_constraints_run_synchronously(model_dir, monkeypatch):
-    def ban_seven(output_ids, logits):
-        logits[7] = float("-inf")
-        return logits
+def count_synchronous_steps(monkeypatch) -> list[str]:
+    """The model of every synchronous step an overlapped engine runs."""
+    models = []
+    original = LLMEngine.run_batch
 
+    def counted(self, batch):
+        models.append(batch.model)
+        return original(self, batch)
+
+    monkeypatch.setattr(LLMEngine, "run_batch", counted)
+    return models
+
+
+def ban_seven(output_ids, logits):
+    logits[7] = float("-inf")
+    return logits
+
+
+def test_logits_processors_and_constraints_run_synchronously(model_dir, monkeypatch):
     params = [SamplingParams(seed=i, max_tokens=8) for i in range(len(PROMPTS))]
     params[1] = SamplingParams(seed=1, max_tokens=8, logits_processors=[ban_seven])
     params[3] = SamplingParams(seed=3, max_tokens=8, allowed_token_sequences=[[5, 6, 7], [9, 10]])
     sync, _ = generate(model_dir, PROMPTS, params, False)
     llm = LLM(model_dir, async_scheduling=True, **ENGINE)
-    calls = count_overlapped_steps(monkeypatch)
+    synchronous = count_synchronous_steps(monkeypatch)
     overlapped = llm.generate(PROMPTS, params, use_tqdm=False)
     assert completions(overlapped) == completions(sync)
     assert sync[3].outputs[0].token_ids in ([5, 6, 7], [9, 10])
-    # The processor request is among the first admitted: every step until it finishes is synchronous.
-    steps = llm.engine.runners["default"].stats.steps
-    assert 0 < calls[0] < steps
+    assert 7 not in sync[1].outputs[0].token_ids
+    # Synchronous while those requests run (they are among the first admitted), overlapped after.
+    assert 0 < len(synchronous) < llm.engine.runners["default"].stats.steps
     check_released(llm.engine)
-    # Without such requests, every step overlaps.
-    calls[0] = 0
-    before = llm.engine.runners["default"].stats.steps
+    synchronous.clear()
     llm.generate(PROMPTS[:3], SamplingParams(seed=0, max_tokens=8), use_tqdm=False)
-    assert calls[0] >= llm.engine.runners["default"].stats.steps - before
+    assert not synchronous and not llm.engine.host_history_models
+
+
+def test_only_the_model_with_such_requests_runs_synchronously(tmp_path, monkeypatch):
+    models = {"base": make_model_dir(tmp_path / "base", "llama", seed=1),
+              "instruct": make_model_dir(tmp_path / "instruct", "llama", seed=2)}
+    results, synchronous = [], count_synchronous_steps(monkeypatch)
+    for overlapped in (False, True):
+        synchronous.clear()
+        engine = LLMEngine(models, EngineConfig(async_scheduling=overlapped, **{**ENGINE, "num_kv_blocks": 40}))
+        for i, prompt in enumerate(PROMPTS):
+            engine.add_request(f"b{i}", prompt, SamplingParams(seed=i, max_tokens=10), model="base")
+            engine.add_request(f"i{i}", prompt, SamplingParams(seed=i, max_tokens=10, logits_processors=[ban_seven]),
+                               model="instruct")
+        done = {}
+        while engine.has_unfinished_requests():
+            done.update((o.request_id, o) for o in engine.step())
+        check_released(engine)
+        results.append(completions([done[k] for k in sorted(done)]))
+    assert results[0] == results[1]
+    assert synchronous and set(synchronous) == {"instruct"}  # the base model's steps all overlapped
 
 
 def test_unfinished_requests_never_show_pending_tokens(model_dir):
@@ -288,7 +320,8 @@ def test_cli_flag(model_dir, monkeypatch):
 
 
 def random_run(model_dir, seed: int, overlapped: bool):
-    """A random engine config and workload: requests joining over time, one abort, a small pool."""
+    """A random engine config and workload: requests joining over time, one abort, a small pool, some
+    requests with a logits processor (synchronous steps while they run)."""
     rng = random.Random(seed)
     bs = rng.choice([2, 4, 8])
     config = EngineConfig(async_scheduling=overlapped, block_size=bs, max_model_len=64,
@@ -303,7 +336,8 @@ def random_run(model_dir, seed: int, overlapped: bool):
             max_tokens=rng.randint(1, 20), n=rng.choice([1, 1, 2]), temperature=rng.choice([0.0, 0.8, 1.3]),
             seed=rng.randrange(1000), top_k=rng.choice([-1, 5]), presence_penalty=rng.choice([0.0, 0.5]),
             logprobs=rng.choice([None, 1]), logit_bias={eos: rng.uniform(0, 5)}, stop=rng.choice([None, ["e", "a "]]),
-            stop_token_ids=random_prompts([rng.choice([0, 10])], seed=seed + i)[0])
+            stop_token_ids=random_prompts([rng.choice([0, 10])], seed=seed + i)[0],
+            logits_processors=[ban_seven] if rng.random() < 0.2 else None)  # its steps run synchronously
         plan.append((rng.randint(0, 6), f"r{i}", shared + random_prompts([rng.randint(1, 30)], seed=seed + i)[0], params))
     abort = (rng.randint(1, 8), f"r{rng.randrange(len(plan))}")
     done, step = {}, 0
@@ -322,7 +356,7 @@ def random_run(model_dir, seed: int, overlapped: bool):
 
 def test_random_workloads(model_dir):
     preempted = 0
-    for seed in range(103, 109):
+    for seed in (100, 101, 102, 110, 114, 119):  # the last three preempt
         sync, _ = random_run(model_dir, seed, False)
         overlapped, preemptions = random_run(model_dir, seed, True)
         assert overlapped == sync, seed
