@@ -41,6 +41,7 @@ class Checker:
 
     def __init__(self, engine):
         self.engine = engine
+        engine.set_async_scheduling(False)  # it checks the synchronous run(); overlapped steps: test_async_scheduling.py
         self.runner = engine.runners["default"]
         self.steps = 0
         self.run = self.runner.run
