@@ -130,15 +130,17 @@ def base_rows(rng: random.Random, tok, s: Settings, drill: bool = False):
     return rows
 
 
+DRILL_WORDS = list(lx.NAMES) + [w for category in lx.CATEGORIES.values() for w in category[0]] + [str(n) for n in range(60)]
+
+
 def copy_drill(rng: random.Random, n_segments: int = 8) -> str:
     """Random runs of the world's words, each written out three times. Only an induction head
     (find the earlier copy, continue it) predicts the repeats, so a small model learns to copy
     from its context early instead of after thousands of steps (it then reuses that to copy a
     refine candidate or a question's numbers)."""
-    words = list(lx.NAMES) + [w for category in lx.CATEGORIES.values() for w in category[0]] + [str(n) for n in range(60)]
     lines = []
     for _ in range(n_segments):
-        run = " ".join(rng.choice(words) for _ in range(rng.randint(6, 14)))
+        run = " ".join(rng.choice(DRILL_WORDS) for _ in range(rng.randint(6, 14)))
         lines += [run] * 3
     return "\n".join(lines)
 
@@ -205,13 +207,14 @@ def chat_pair(rng: random.Random, s: Settings, own: list[dict]):
 
 
 def train(model, make_rows, steps: int, lr: float, s: Settings, pad_id: int, name: str):
+    """`steps` optimizer steps on the batches `make_rows(step)` returns."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     model.train()
     start, cpu_start, running = time.time(), time.process_time(), 0.0
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, s.warmup)
-        ids, labels, mask = pad_batch(make_rows(), pad_id)
+        ids, labels, mask = pad_batch(make_rows(step), pad_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -302,15 +305,14 @@ def main(argv=None):
         tok = train_tokenizer(texts, s.vocab_size)
         model = LlamaForCausalLM(model_config(s, tok))
         print(f"tokenizer {len(tok)} tokens, model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params", flush=True)
-        steps = iter(range(s.base_steps))
-        train(model, lambda: base_rows(rng, tok, s, drill=next(steps) < s.copy_drill_steps), s.base_steps,
+        train(model, lambda step: base_rows(rng, tok, s, drill=step < s.copy_drill_steps), s.base_steps,
               s.base_lr, s, tok.pad_token_id, "base")
     save(model, tok, args.out / "base")
     own = sample_own_outputs(model, tok, rng, s.own_outputs)
     print(f"{len(own)} base outputs parsed of {s.own_outputs} sampled "
           f"({sum(worked_answer(r['question']) is not None for r in own)} readable) "
           f"{time.time() - t0:.0f}s", flush=True)
-    train(model, lambda: instruct_rows(rng, tok, s, own), s.instruct_steps, s.instruct_lr, s, tok.pad_token_id, "instruct")
+    train(model, lambda step: instruct_rows(rng, tok, s, own), s.instruct_steps, s.instruct_lr, s, tok.pad_token_id, "instruct")
     save(model, tok, args.out / "instruct")
     write_seeds(args.seeds)
     print(f"done in {time.time() - t0:.0f}s (cpu {time.process_time() - cpu0:.0f}s)", flush=True)
