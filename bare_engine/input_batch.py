@@ -159,6 +159,7 @@ class InputBatch:
         pending_dst, pending_src = [], []
         prompt_tokens = 0
         num_table_blocks = self.num_table_blocks
+        add_row, add_start, add_token = rows.append, starts.append, input_ids.append
         for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
             row = seq.row
             if row is None:
@@ -167,14 +168,14 @@ class InputBatch:
                 self._sync_table(row, seq)
             start = seq.num_computed_tokens
             tokens = seq.token_ids
-            rows.append(row)
-            starts.append(start)
+            add_row(row)
+            add_start(start)
             if n == 1:
                 token = tokens[start]
                 if token == PENDING_TOKEN:  # sampled last step, not read back yet: only a decode can hold one
                     pending_dst.append(len(input_ids))
                     pending_src.append(seq.sample_index)
-                input_ids.append(token)
+                add_token(token)
             else:
                 input_ids.extend(tokens[start:start + n])
             if start < seq.num_prompt_tokens:

@@ -21,6 +21,7 @@ from bare_engine.distributed.layers import (
     empty_parameter,
     even_piece,
     head_piece,
+    linear,
     padded_piece,
 )
 
@@ -169,7 +170,8 @@ class CausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Float32 logits over the whole vocabulary on rank 0 (gathered from the ranks' shares); None elsewhere."""
         weight = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        logits = self.group.gather(F.linear(hidden, weight))
+        logits = self.group.gather(linear(hidden, weight))  # on the CPU a transposed view
         if logits is None:
             return None
-        return logits[:, : self.config.vocab_size].float().contiguous()
+        return logits[:, : self.config.vocab_size].float()
+

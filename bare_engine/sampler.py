@@ -91,6 +91,8 @@ class DeviceSample:
         if chosen is None:
             return SamplerOutput(tokens)
         chosen = chosen.tolist()
+        padded = top_ids is not None and bool((top_ids < 0).any())  # -1 pads rows with fewer candidates
+        width = 0 if top_ids is None else top_ids.shape[1]
         top_ids = top_ids.tolist() if top_ids is not None else None
         top_lps = top_lps.tolist() if top_lps is not None else None
         out: list[dict[int, float] | None] = []
@@ -100,7 +102,8 @@ class DeviceSample:
                 continue
             entry = {}
             if n > 0:
-                entry = {t: lp for t, lp in zip(top_ids[i][:n], top_lps[i][:n]) if t >= 0}  # -1 pads short rows
+                ids, lps = (top_ids[i], top_lps[i]) if n == width else (top_ids[i][:n], top_lps[i][:n])
+                entry = {t: lp for t, lp in zip(ids, lps) if t >= 0} if padded else dict(zip(ids, lps))
             entry[tokens[i]] = chosen[i]
             out.append(entry)
         return SamplerOutput(tokens, out)
@@ -124,6 +127,8 @@ class Sampler:
         self.penalty_ready = np.zeros(max_rows, bool)  # the row's PenaltyState slot holds this sequence
         self.has_processors = np.zeros(max_rows, bool)  # logits processors (logits_processors.py)
         self.has_steps = np.zeros(max_rows, bool)  # sampling steps on a sampled row (sampling_steps.py)
+        self.has_bias = np.zeros(max_rows, bool)  # logit_bias
+        self.has_mask = np.zeros(max_rows, bool)  # allowed_token_ids or allowed_token_sequences
 
     @property
     def impl(self):
@@ -147,6 +152,8 @@ class Sampler:
         self.penalty_ready[row] = False
         self.has_processors[row] = bool(seq.params.logits_processors)
         self.has_steps[row] = bool(seq.params.sampling_steps) and not seq.params.greedy
+        self.has_bias[row] = seq.params.logit_bias is not None
+        self.has_mask[row] = seq.params.allowed_token_ids is not None or seq.trie is not None
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence], rows: np.ndarray, lens: np.ndarray) -> DeviceSample:
         """Sample the next token of each sequence; ``rows`` are their rows, ``lens`` their lengths.
@@ -155,12 +162,13 @@ class Sampler:
         finishes that sequence). Rows with sampling steps get them inside the same seeded draw.
         """
         if self.has_processors[rows].any():
-            logits, errors = apply_logits_processors(logits, seqs, np.flatnonzero(self.has_processors[rows]))
+            logits, errors = apply_logits_processors(logits.contiguous(), seqs, np.flatnonzero(self.has_processors[rows]))
             for i, message in errors.items():
                 seqs[i].error = message
         num_top = self.num_logprobs[rows]
         if self.penalties is None and not self.full[rows].any():
             return DeviceSample(num_top, logits.argmax(dim=-1))
+        logits = logits.contiguous()  # the CPU's logits are a transposed view (model.lm_head)
         if self.penalties is None and self.uses_penalties[rows].any():
             self.penalties = self.impl.PenaltyState(self.max_rows, self.vocab_size, self.device)
         params = self._pack(seqs, rows, lens)
@@ -188,8 +196,8 @@ class Sampler:
             top_k=i.pop("top_k").to(torch.int32),
             **f, **i,
             penalty_rows=self._penalty_rows(seqs, rows) if self.penalties is not None else None,
-            logit_bias=self._logit_bias(seqs),
-            allowed_mask=self._allowed_mask(seqs),
+            logit_bias=self._logit_bias(seqs) if self.has_bias[rows].any() else None,
+            allowed_mask=self._allowed_mask(seqs) if self.has_mask[rows].any() else None,
         )
 
     def _penalty_rows(self, seqs: list[Sequence], rows: np.ndarray) -> torch.Tensor:
@@ -201,18 +209,14 @@ class Sampler:
             self.penalty_ready[row] = True
         return to_device(rows, self.device)
 
-    def _logit_bias(self, seqs: list[Sequence]) -> torch.Tensor | None:
-        if all(s.params.logit_bias is None for s in seqs):
-            return None
+    def _logit_bias(self, seqs: list[Sequence]) -> torch.Tensor:
         bias = torch.zeros(len(seqs), self.vocab_size, dtype=torch.float32)
         for row, seq in enumerate(seqs):
             for token, value in (seq.params.logit_bias or {}).items():
                 bias[row, token] = value
         return to_device(bias, self.device)
 
-    def _allowed_mask(self, seqs: list[Sequence]) -> torch.Tensor | None:
-        if all(s.params.allowed_token_ids is None and s.trie is None for s in seqs):
-            return None
+    def _allowed_mask(self, seqs: list[Sequence]) -> torch.Tensor:
         mask = torch.ones(len(seqs), self.vocab_size, dtype=torch.bool)
         for row, seq in enumerate(seqs):
             if seq.params.allowed_token_ids is not None:

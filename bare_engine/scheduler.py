@@ -70,38 +70,52 @@ class Scheduler:
         pool = self.pools[model]
         running = self._running_by_arrival(model)
         budget = self.max_num_batched_tokens
-        # Decodes first so a long prompt chunk never delays them.
-        decodes, chunks = [], []
-        for seq in running:
-            length = len(seq.token_ids)
-            if length - seq.num_computed_tokens != 1:
-                chunks.append(seq)
-            elif length < seq.max_len:  # else its last token is still pending (overlap.py): it ends with it
-                decodes.append(seq)
         capacity = pool.block_size
         scheduled, counts = batch.seqs, batch.num_new_tokens
-        for seq in decodes + chunks if chunks else decodes:
+        chunks = []
+        # Decodes first (in one pass over the running set) so a long prompt chunk never delays them.
+        for seq in list(running):  # a copy: growing a sequence may preempt others
+            computed = seq.num_computed_tokens
+            length = len(seq.token_ids)
+            if length - computed != 1:
+                chunks.append(seq)
+                continue
+            if length >= seq.max_len:  # its last token is still pending (overlap.py): it ends with it
+                continue
+            if seq.status is not SequenceStatus.RUNNING:  # preempted for an earlier sequence this step
+                continue
+            if length > len(seq.block_table) * capacity and not self._grow(pool, running, seq, length, scheduled):
+                continue
+            scheduled.append(seq)
+            counts.append(1)
+            budget -= 1
+            if budget == 0:
+                return budget
+        for seq in chunks:
             if seq.status is not SequenceStatus.RUNNING:
                 continue
             computed = seq.num_computed_tokens
-            num_tokens = len(seq.token_ids) - computed
-            if num_tokens > budget:
-                num_tokens = budget
+            num_tokens = min(len(seq.token_ids) - computed, budget)
             target = computed + num_tokens
-            if target > len(seq.block_table) * capacity:  # needs a new block
-                while not pool.can_grow(seq, target):
-                    self.preempt(self._victim(running, seq, set(scheduled)))
-                    if seq.status is not SequenceStatus.RUNNING:
-                        break
-                if seq.status is not SequenceStatus.RUNNING:
-                    continue
-                pool.grow(seq, target)
+            if target > len(seq.block_table) * capacity and not self._grow(pool, running, seq, target, scheduled):
+                continue
             scheduled.append(seq)
             counts.append(num_tokens)
             budget -= num_tokens
             if budget == 0:
                 break
         return budget
+
+    def _grow(self, pool: BlockManager, running: dict[Sequence, None], seq: Sequence, target: int,
+              scheduled: list[Sequence]) -> bool:
+        """Give ``seq`` the blocks for ``target`` tokens, preempting newer sequences while the pool is
+        short; False when ``seq`` itself was preempted."""
+        while not pool.can_grow(seq, target):
+            self.preempt(self._victim(running, seq, set(scheduled)))
+            if seq.status is not SequenceStatus.RUNNING:
+                return False
+        pool.grow(seq, target)
+        return True
 
     @staticmethod
     def _victim(running: dict[Sequence, None], seq: Sequence, scheduled: set[Sequence]) -> Sequence:

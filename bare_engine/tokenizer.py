@@ -23,8 +23,9 @@ class Detokenizer:
     """Keeps a sequence's output tokens and finds stop strings in their text step by step.
 
     Without stop strings no text is decoded until the end (``final_text``). With stop
-    strings, a ``TokenBytes`` table (byte-level BPE tokenizers) makes each step a bytes
-    append and a search of the last few bytes; other tokenizers decode a short window of
+    strings, a ``TokenBytes`` table (byte-level BPE tokenizers) makes each step one set
+    lookup: only a token whose bytes hold the last byte of a stop string can complete one,
+    and only then are the last few bytes searched; other tokenizers decode a short window of
     recent tokens (prefix/read offsets, as vLLM does), withheld while it ends inside a
     multi-byte character. Either way each step costs O(1) tokens.
     """
@@ -44,7 +45,10 @@ class Detokenizer:
         self.token_bytes = token_bytes.table if usable else None
         self.stop_bytes = [s.encode("utf-8") for s in stop_strings]
         self.keep_bytes = max((len(s) for s in self.stop_bytes), default=1) - 1
-        self.tail = b""  # bytes path: the output's last keep_bytes bytes
+        # Tokens that can complete a stop string (bytes path; empty without stop strings), or None.
+        self.enders = token_bytes.holding({s[-1] for s in self.stop_bytes}) if usable else None
+        if not stop_strings:
+            self.enders = frozenset()
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
@@ -52,20 +56,28 @@ class Detokenizer:
     def add(self, token_id: int) -> str | None:
         """Append one token; return the stop string it completes, if any."""
         self.tokens.append(token_id)
-        if not self.stop_strings:
-            return None
-        if self.token_bytes is not None:
-            return self._add_bytes(token_id)
+        enders = self.enders
+        if enders is not None:
+            return self._search_bytes(token_id) if token_id in enders else None
         return self._add_window()
 
-    def _add_bytes(self, token_id: int) -> str | None:
-        # A UTF-8 stop string occurs in the (lossily) decoded text iff its bytes occur in the output's bytes.
-        window = self.tail + self.token_bytes[token_id]
+    def _search_bytes(self, token_id: int) -> str | None:
+        # A UTF-8 stop string occurs in the (lossily) decoded text iff its bytes occur in the output's
+        # bytes; a new occurrence ends inside the new token's bytes, so they hold its last byte.
+        window = self._bytes_before(len(self.tokens) - 1) + self.token_bytes[token_id]
         for stop, stop_bytes in zip(self.stop_strings, self.stop_bytes):
             if stop_bytes in window:
                 return stop
-        self.tail = window[max(0, len(window) - self.keep_bytes):]
         return None
+
+    def _bytes_before(self, end: int) -> bytes:
+        """The last ``keep_bytes`` bytes of the output's first ``end`` tokens."""
+        parts, size, table = [], 0, self.token_bytes
+        while end > 0 and size < self.keep_bytes:
+            end -= 1
+            parts.append(table[self.tokens[end]])
+            size += len(parts[-1])
+        return b"".join(reversed(parts))[-self.keep_bytes:] if self.keep_bytes else b""
 
     def _add_window(self) -> str | None:
         prefix_text = self._decode(self.tokens[self.prefix_offset:self.read_offset])
@@ -102,6 +114,24 @@ class TokenBytes:
 
     def __init__(self, table: list[bytes]):
         self.table = table
+        self._by_byte: list[list[int]] | None = None  # byte value -> ids of the tokens holding it
+        self._holding: dict[frozenset[int], frozenset[int]] = {}
+
+    def holding(self, byte_values: set[int]) -> frozenset[int]:
+        """Ids of the tokens whose bytes contain any of ``byte_values`` (cached per set of values)."""
+        key = frozenset(byte_values)
+        found = self._holding.get(key)
+        if found is None:
+            if self._by_byte is None:
+                self._by_byte = [[] for _ in range(256)]
+                for token_id, data in enumerate(self.table):
+                    for value in set(data):
+                        self._by_byte[value].append(token_id)
+            found = frozenset().union(*(self._by_byte[v] for v in key))
+            if len(self._holding) >= 256:  # stop strings come from requests: keep the cache bounded
+                self._holding.clear()
+            self._holding[key] = found
+        return found
 
     @classmethod
     def build(cls, tokenizer, skip_special_tokens: bool, vocab_size: int = 0, num_checks: int = 200,

@@ -66,3 +66,22 @@ def test_other_decoders_fall_back_to_the_window_path(tokenizer):
     clone = make_tokenizer()
     clone._tokenizer.decoder = decoders.Metaspace()
     assert TokenBytes.build(clone, True) is None
+
+
+def test_only_tokens_holding_a_stop_strings_last_byte_search_the_tail(tokenizer, monkeypatch):
+    table = TokenBytes.build(tokenizer, True)
+    stops = ["ab", "\n\n"]
+    enders = table.holding({ord("b"), ord("\n")})
+    assert enders == {i for i, data in enumerate(table.table) if b"b" in data or b"\n" in data}
+    detok = Detokenizer(tokenizer, stops, True, table)
+    searched = []
+    real = detok._bytes_before
+    monkeypatch.setattr(detok, "_bytes_before", lambda end: searched.append(end) or real(end))
+    rng = random.Random(1)
+    tokens = [rng.randrange(len(tokenizer)) for _ in range(300)]
+    for t in tokens:
+        if detok.add(t) is not None:
+            break
+    checked = tokens[:len(detok.tokens)]
+    assert searched == [i for i, t in enumerate(checked) if t in enders]
+    assert len(searched) < len(checked)  # most tokens cost one set lookup

@@ -9,7 +9,8 @@
   their logits are cut off after the gather).
 
 With one rank (``SINGLE_RANK``) every layer reads the whole tensor and computes exactly what a
-plain ``F.linear`` / ``F.embedding`` does. Each layer answers ``placement(leaf, shard)``: which part
+plain ``F.linear`` / ``F.embedding`` does (``linear`` is F.linear, in the CPU's faster orientation
+for short inputs). Each layer answers ``placement(leaf, shard)``: which part
 of a checkpoint tensor this rank reads and where in its parameter it goes, so the loader reads
 only its slices (``safe_open(...).get_slice``).
 """
@@ -21,6 +22,23 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+# On the CPU, x @ W^T for a few rows of x (a decode step) runs up to 1.7x faster in sgemm as
+# (W @ x^T)^T, and so does any short input against a wide output such as the LM head (2 EPYC
+# cores, 32 rows: 32000x384 in 15 ms instead of 25 ms; 2048x384 in 0.47 ms instead of 0.70 ms).
+CPU_SHORT_ROWS = 64
+CPU_WIDE_OUTPUT = 4096
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``. On the CPU, for a 2-D ``x`` of few rows or a wide ``weight``, it is
+    computed as ``(weight @ x.T).T`` and returned as that transposed view (callers that need
+    contiguous rows make them)."""
+    if x.device.type == "cpu" and x.dim() == 2 and (x.shape[0] <= CPU_SHORT_ROWS or weight.shape[0] >= CPU_WIDE_OUTPUT):
+        y = torch.mm(weight, x.t()).t()
+        return y if bias is None else y + bias
+    return F.linear(x, weight, bias)
 
 
 def empty_parameter(*shape: int) -> nn.Parameter:
@@ -104,7 +122,7 @@ class ColumnParallelLinear(nn.Module):
         return Placement(offset, (piece.index, slice(None)), (piece.full, self.in_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class RowParallelLinear(nn.Module):
@@ -125,8 +143,8 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.group.size == 1:
-            return F.linear(x, self.weight, self.bias)
-        y = self.group.all_reduce(F.linear(x, self.weight))
+            return linear(x, self.weight, self.bias)
+        y = self.group.all_reduce(linear(x, self.weight).contiguous())
         return y if self.bias is None else y + self.bias
 
 
