@@ -387,14 +387,15 @@ class LLMEngine:
         result = self.runners[batch.model].run(batch)
         self.scheduler.after_step(batch)
         finished_requests = []
-        eos_ids, logprobs = self.eos_ids[batch.model], result.logprobs
-        for i, (seq, token) in enumerate(zip(result.seqs, result.token_ids)):
+        eos_ids, accept = self.eos_ids[batch.model], self.accept_token
+        logprobs = result.logprobs if result.logprobs is not None else itertools.repeat(None)
+        for seq, token, token_logprobs in zip(result.seqs, result.token_ids, logprobs):
             if seq.error is not None:  # its logits processor failed: the token is not its own (logits_processors.py)
                 seq.finish_reason = "error"
             else:
-                seq.token_ids.append(token)
-                if not self.accept_token(seq, token, logprobs[i] if logprobs is not None else None, eos_ids,
-                                         len(seq.token_ids)):
+                tokens = seq.token_ids
+                tokens.append(token)
+                if not accept(seq, token, token_logprobs, eos_ids, len(tokens)):
                     continue
             output = self.finish_sequence(seq)
             if output is not None:

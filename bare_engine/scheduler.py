@@ -73,21 +73,21 @@ class Scheduler:
         capacity = pool.block_size
         scheduled, counts = batch.seqs, batch.num_new_tokens
         chunks = []
+        schedule, count, is_running = scheduled.append, counts.append, SequenceStatus.RUNNING
         # Decodes first (in one pass over the running set) so a long prompt chunk never delays them.
         for seq in list(running):  # a copy: growing a sequence may preempt others
-            computed = seq.num_computed_tokens
             length = len(seq.token_ids)
-            if length - computed != 1:
+            if length - seq.num_computed_tokens != 1:
                 chunks.append(seq)
                 continue
             if length >= seq.max_len:  # its last token is still pending (overlap.py): it ends with it
                 continue
-            if seq.status is not SequenceStatus.RUNNING:  # preempted for an earlier sequence this step
+            if seq.status is not is_running:  # preempted for an earlier sequence this step
                 continue
             if length > len(seq.block_table) * capacity and not self._grow(pool, running, seq, length, scheduled):
                 continue
-            scheduled.append(seq)
-            counts.append(1)
+            schedule(seq)
+            count(1)
             budget -= 1
             if budget == 0:
                 return budget
@@ -201,10 +201,11 @@ class Scheduler:
     def after_step(self, batch: ScheduledBatch) -> None:
         """Advance computed-token counts and register newly full blocks for prefix caching."""
         pool = self.pools[batch.model]
-        block_size = pool.block_size
+        block_size, running = pool.block_size, SequenceStatus.RUNNING
         for seq, num_tokens in zip(batch.seqs, batch.num_new_tokens):
-            if seq.status is not SequenceStatus.RUNNING:  # finished while its step ran (overlap.py)
+            if seq.status is not running:  # finished while its step ran (overlap.py)
                 continue
-            seq.num_computed_tokens += num_tokens
-            if seq.num_computed_tokens // block_size > seq.num_hashed_blocks:
+            computed = seq.num_computed_tokens + num_tokens
+            seq.num_computed_tokens = computed
+            if computed // block_size > seq.num_hashed_blocks:
                 pool.commit(seq, batch.model)

@@ -17,6 +17,12 @@ class SequenceStatus(Enum):
 
 
 class Sequence:
+    # Slots: the engine reads these attributes for every running sequence at every step.
+    __slots__ = ("seq_id", "request_id", "index", "model", "token_ids", "num_prompt_tokens", "params", "seed",
+                 "arrival", "status", "block_table", "num_computed_tokens", "row", "sample_index", "num_pending",
+                 "num_hashed_blocks", "last_block_hash", "max_len", "finish_reason", "stop_reason", "error",
+                 "logprobs", "cumulative_logprob", "detok", "trie")
+
     def __init__(
         self,
         seq_id: int,
