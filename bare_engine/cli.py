@@ -140,14 +140,18 @@ def bench(workload, num_requests, preset, no_baseline, out_dir, **kwargs):
 @click.option("--shutdown-timeout", type=float, default=30.0, show_default=True,
               help="Seconds in-flight requests get to finish on SIGTERM before they are aborted.")
 @click.option("--log-level", default="info", show_default=True, help="uvicorn's log level.")
+@click.option("--generation-config", type=click.Choice(["auto", "vllm"]), default="auto", show_default=True,
+              help="auto: sampling fields a request leaves unset come from the model's generation_config.json; "
+                   "vllm: SamplingParams' own defaults.")
 @engine_options
-def serve(base, instruct, named_models, host, port, api_key, max_waiting, shutdown_timeout, log_level, **kwargs):
+def serve(base, instruct, named_models, host, port, api_key, max_waiting, shutdown_timeout, log_level,
+          generation_config, **kwargs):
     """OpenAI-compatible server (/v1/completions, /v1/chat/completions); with no model flags, the demo pair."""
     from bare_engine.serve.server import model_dirs, run_server
 
     config = engine_config_from(kwargs)
     run_server(model_dirs(base, instruct, named_models), config, host, port, api_key, max_waiting,
-               shutdown_timeout, log_level)
+               shutdown_timeout, log_level, generation_config)
 
 
 def _register_feature_commands() -> None:

@@ -70,6 +70,7 @@ class LLMEngine:
         self.device = devices[0]
         self.dtype = self.config.resolve_dtype(self.device)
         sources = {name: resolve_model_source(spec) for name, spec in models.items()}
+        self.sources: dict[str, ModelSource] = sources  # model name -> its weights and tokenizer directories
         model_configs = {name: load_model_config(s.weights_dir) for name, s in sources.items()}
         self.max_model_len = {name: self._max_model_len(c) for name, c in model_configs.items()}
         self.tokenizers = {name: load_tokenizer(s.tokenizer_dir) for name, s in sources.items()}

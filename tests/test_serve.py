@@ -334,3 +334,42 @@ def test_litellm_paper_call_pattern(server, client, monkeypatch):
     want = client.chat.completions.create(model="instruct", messages=CHAT, max_tokens=8, temperature=0.0)
     assert chat.choices[0].message.content == want.choices[0].message.content
     assert chat.usage.completion_tokens == want.usage.completion_tokens
+
+
+# ----- generation_config defaults --------------------------------------------------------
+
+def test_request_fields_override_generation_config_defaults():
+    from bare_engine.serve.protocol import ChatCompletionRequest
+
+    defaults = {"temperature": 0.0, "top_p": 0.9, "max_tokens": 5}
+    body = ChatCompletionRequest(model="m", messages=CHAT)
+    params = body.sampling_params(body.max_new_tokens(), None, defaults)
+    assert (params.temperature, params.top_p, params.max_tokens) == (0.0, 0.9, 5)
+    body = ChatCompletionRequest(model="m", messages=CHAT, temperature=0.7, max_tokens=9)
+    params = body.sampling_params(body.max_new_tokens(), None, defaults)
+    assert (params.temperature, params.top_p, params.max_tokens) == (0.7, 0.9, 9)
+    assert body.sampling_params(body.max_new_tokens(), None).top_p == 1.0  # no defaults: SamplingParams'
+
+
+@pytest.mark.parametrize("mode", ["auto", "vllm"])
+def test_unset_sampling_fields_come_from_the_models_generation_config(tmp_path, offline, mode):
+    import shutil
+
+    model = tmp_path / "instruct"
+    shutil.copytree(INSTRUCT_MODEL_DIR, model)
+    config = json.loads((model / "generation_config.json").read_text())
+    (model / "generation_config.json").write_text(json.dumps(config | {"temperature": 0.0, "max_new_tokens": 6}))
+    engine = LLMEngine({"m": model}, engine_config(num_kv_blocks=64))
+    with ServerThread(engine, generation_config=mode) as srv, \
+            openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60) as c:
+        chats = [c.chat.completions.create(model="m", messages=CHAT, seed=i, extra_body={"ignore_eos": True})
+                 for i in range(3)]  # neither temperature nor max_tokens
+    ids = chat_ids(offline["instruct"], CHAT)
+    if mode == "auto":  # greedy and 6 tokens, from generation_config.json, whatever the seed
+        want = offline["instruct"].generate(ids, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True),
+                                            use_tqdm=False)[0].outputs[0]
+        assert [x.choices[0].message.content for x in chats] == [want.text] * 3
+        assert [x.usage.completion_tokens for x in chats] == [6] * 3
+    else:  # SamplingParams' defaults: temperature 1, no max_tokens (the context's end)
+        assert len({x.choices[0].message.content for x in chats}) > 1
+        assert all(x.usage.completion_tokens > 6 for x in chats)

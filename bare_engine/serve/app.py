@@ -39,11 +39,13 @@ class ServerState:
             raise APIError(401, "Incorrect API key provided", code="invalid_api_key")
 
 
-def create_app(engine, api_key: str | None = None, max_waiting: int = 256) -> FastAPI:
-    """The app serving every model of ``engine``; its lifespan starts and stops the engine loop."""
+def create_app(engine, api_key: str | None = None, max_waiting: int = 256,
+               generation_config: str | None = "auto") -> FastAPI:
+    """The app serving every model of ``engine``; its lifespan starts and stops the engine loop.
+    ``generation_config``: see ``ServedModel.from_engine``."""
     engine_loop = EngineLoop(engine, max_waiting=max_waiting)
-    state = ServerState(engine_loop, {name: ServedModel.from_engine(engine, name) for name in engine.model_names},
-                        api_key)
+    models = {name: ServedModel.from_engine(engine, name, generation_config) for name in engine.model_names}
+    state = ServerState(engine_loop, models, api_key)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -34,9 +34,9 @@ async def completion(state, request: Request) -> Response:
     body = parse_body(await request.body(), CompletionRequest)
     model = state.model(body.model)
     prompts = [model.encode(p) for p in body.prompts()]
+    params = body.sampling_params(body.max_tokens, body.logprobs, model.sampling_defaults)
     for ids in prompts:
-        model.check_length(len(ids), body.max_tokens)
-    params = body.sampling_params(body.max_tokens, body.logprobs)
+        model.check_length(len(ids), params.max_tokens)
     generation = Generation(state.engine_loop, model, prompts, params, body.stream, "cmpl")
     created = int(time.time())
     chunk = partial(responses.completion_chunk, generation.id, model.name, created)
@@ -70,9 +70,9 @@ async def chat_completion(state, request: Request) -> Response:
     body = parse_body(await request.body(), ChatCompletionRequest)
     model = state.model(body.model)
     ids = model.encode_chat(body.chat_messages(), body.add_generation_prompt)
-    model.check_length(len(ids), body.max_new_tokens())
     num_top = body.num_logprobs()
-    params = body.sampling_params(body.max_new_tokens(), num_top)
+    params = body.sampling_params(body.max_new_tokens(), num_top, model.sampling_defaults)
+    model.check_length(len(ids), params.max_tokens)
     generation = Generation(state.engine_loop, model, [ids], params, body.stream, "chatcmpl")
     created = int(time.time())
     chunk = partial(responses.chat_chunk, generation.id, model.name, created)

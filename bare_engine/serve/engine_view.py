@@ -37,6 +37,10 @@ def max_model_len(engine, model: str) -> int:
     return engine.max_model_len[model]
 
 
+def weights_dir(engine, model: str):
+    return engine.sources[model].weights_dir
+
+
 def sequence_counts(engine) -> dict[str, tuple[int, int]]:
     """model -> (running, waiting) sequences."""
     scheduler = engine.scheduler

@@ -10,6 +10,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 
+from bare_engine.generation_defaults import generation_overrides
 from bare_engine.serve import engine_view
 from bare_engine.serve.protocol import APIError, bad_request
 
@@ -19,11 +20,15 @@ class ServedModel:
     name: str
     tokenizer: object
     max_model_len: int
+    sampling_defaults: dict = field(default_factory=dict)  # SamplingParams fields from generation_config.json
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
-    def from_engine(cls, engine, name: str) -> "ServedModel":
-        return cls(name, copy.deepcopy(engine.tokenizer(name)), engine_view.max_model_len(engine, name))
+    def from_engine(cls, engine, name: str, generation_config: str | None = "auto") -> "ServedModel":
+        """``generation_config``: "auto" takes unset sampling fields from the checkpoint's
+        generation_config.json, as vLLM's server does; "vllm" keeps SamplingParams' defaults."""
+        defaults = generation_overrides(engine_view.weights_dir(engine, name), generation_config)
+        return cls(name, copy.deepcopy(engine.tokenizer(name)), engine_view.max_model_len(engine, name), defaults)
 
     def card(self) -> dict:
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "bare-engine",

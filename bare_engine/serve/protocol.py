@@ -61,13 +61,19 @@ class _SamplingFields(BaseModel):
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
 
-    def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    def sampling_params(self, max_tokens: int | None, logprobs: int | None,
+                        defaults: dict | None = None) -> SamplingParams:
+        """``defaults``: the served model's generation_config fields, for what the request leaves unset
+        (``max_tokens`` included, when the request gives none)."""
         values = dict(
             n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, seed=self.seed,
         )
-        values = {k: v for k, v in values.items() if v is not None}  # null means the default
+        values = dict(defaults or {}) | {k: v for k, v in values.items() if v is not None}  # null: the default
+        values.pop("max_tokens", None)
+        if max_tokens is None:
+            max_tokens = (defaults or {}).get("max_tokens")
         try:
             return SamplingParams(
                 **values, max_tokens=max_tokens, stop=self.stop, stop_token_ids=self.stop_token_ids,

@@ -55,7 +55,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def run_server(models: dict[str, str], config, host: str = "127.0.0.1", port: int = 8000,
                api_key: str | None = None, max_waiting: int = 256, shutdown_timeout: float = 30.0,
-               log_level: str = "info") -> None:
+               log_level: str = "info", generation_config: str = "auto") -> None:
     if max_waiting < 1:
         raise ConfigError(f"--max-waiting must be at least 1, got {max_waiting}")
     sock = bind_socket(host, port)
@@ -70,7 +70,7 @@ def run_server(models: dict[str, str], config, host: str = "127.0.0.1", port: in
         from bare_engine.engine import LLMEngine
 
         with LLMEngine(models, config) as engine:  # exiting stops tensor-parallel workers
-            app = create_app(engine, api_key=api_key, max_waiting=max_waiting)
+            app = create_app(engine, api_key=api_key, max_waiting=max_waiting, generation_config=generation_config)
             server = uvicorn.Server(uvicorn.Config(
                 app, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout, lifespan="on",
             ))
