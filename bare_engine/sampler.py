@@ -168,7 +168,7 @@ class Sampler:
         num_top = self.num_logprobs[rows]
         if self.penalties is None and not self.full[rows].any():
             return DeviceSample(num_top, logits.argmax(dim=-1))
-        logits = logits.contiguous()  # the CPU's logits are a transposed view (model.lm_head)
+        logits = logits.contiguous()  # the CPU's logits are a transposed view (distributed.layers.linear)
         if self.penalties is None and self.uses_penalties[rows].any():
             self.penalties = self.impl.PenaltyState(self.max_rows, self.vocab_size, self.device)
         params = self._pack(seqs, rows, lens)

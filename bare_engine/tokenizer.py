@@ -45,10 +45,11 @@ class Detokenizer:
         self.token_bytes = token_bytes.table if usable else None
         self.stop_bytes = [s.encode("utf-8") for s in stop_strings]
         self.keep_bytes = max((len(s) for s in self.stop_bytes), default=1) - 1
-        # Tokens that can complete a stop string (bytes path; empty without stop strings), or None.
-        self.enders = token_bytes.holding({s[-1] for s in self.stop_bytes}) if usable else None
+        # Tokens that can complete a stop string: none without stop strings; None on the window path.
         if not stop_strings:
             self.enders = frozenset()
+        else:
+            self.enders = token_bytes.holding({s[-1] for s in self.stop_bytes}) if usable else None
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
