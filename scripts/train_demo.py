@@ -30,6 +30,7 @@ from demo_data import (  # noqa: E402
     TEMPLATES, arithmetic_document, base_document, instruct_pair, own_output_pair, pick_task, refine_pair,
     seed_examples, seeds,
 )
+from demo_circuit import CopyCircuit  # noqa: E402
 from demo_tokenizer import train_tokenizer  # noqa: E402
 
 from bare_engine.demo import lexicon as lx  # noqa: E402
@@ -47,6 +48,13 @@ class Settings:
     heads: int = 8
     kv_heads: int = 2
     intermediate: int = 704
+    rope_theta: float = 10000.0
+    # Plant an induction head (demo_circuit; off in the shipped pair). It wants 64-dim heads and
+    # a large RoPE base, which keeps their upper half near-static over the context, where the
+    # head matches tokens by content: --set copy_circuit=true --set heads=4 --set rope_theta=1e8
+    copy_circuit: bool = False
+    copy_code_dims: int = 32
+    copy_positional_pairs: int = 12
     tokenizer_docs: int = 1500
     base_steps: int = 600
     base_batch: int = 8
@@ -69,6 +77,7 @@ class Settings:
 
 
 QUICK = Settings(vocab_size=400, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128,
+                 copy_code_dims=8, copy_positional_pairs=4,
                  tokenizer_docs=40, base_steps=4, base_batch=5, base_arithmetic=1, base_len=256, own_outputs=4,
                  copy_drill_steps=2,
                  instruct_steps=4, instruct_batch=2, instruct_len=700, warmup=2, log_every=2)
@@ -82,7 +91,7 @@ def model_config(s: Settings, tok):
         num_hidden_layers=s.layers, num_attention_heads=s.heads, num_key_value_heads=s.kv_heads,
         # RoPE has no learned positions; 2048 lets a prompt plus the pipeline's default
         # max_tokens (1000) fit, though training sequences are shorter.
-        max_position_embeddings=MAX_POSITIONS, rms_norm_eps=1e-5, rope_theta=10000.0,
+        max_position_embeddings=MAX_POSITIONS, rms_norm_eps=1e-5, rope_theta=s.rope_theta,
         tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
@@ -207,7 +216,9 @@ def chat_pair(rng: random.Random, s: Settings, own: list[dict]):
 
 
 def train(model, make_rows, steps: int, lr: float, s: Settings, pad_id: int, name: str):
-    """`steps` optimizer steps on the batches `make_rows(step)` returns."""
+    """`steps` optimizer steps on the batches `make_rows(step)` returns, with the planted copy
+    circuit reset after each."""
+    circuit = plant(model, s)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     model.train()
     start, cpu_start, running = time.time(), time.process_time(), 0.0
@@ -220,6 +231,8 @@ def train(model, make_rows, steps: int, lr: float, s: Settings, pad_id: int, nam
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if circuit is not None:
+            circuit.apply()
         running += loss.item()
         if (step + 1) % s.log_every == 0 or step + 1 == steps:
             n = (step % s.log_every) + 1
@@ -228,6 +241,12 @@ def train(model, make_rows, steps: int, lr: float, s: Settings, pad_id: int, nam
             running = 0.0
     model.eval()
     return model
+
+
+def plant(model, s: Settings):
+    if not s.copy_circuit:
+        return None
+    return CopyCircuit(model, code_dims=s.copy_code_dims, positional_pairs=s.copy_positional_pairs)
 
 
 def save(model, tok, path: Path):
@@ -262,7 +281,10 @@ def parse_overrides(s: Settings, pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not hasattr(s, key):
             raise SystemExit(f"error: --set wants KEY=VALUE with KEY a Settings field, got {pair!r}")
-        out[key] = type(getattr(s, key))(value)
+        kind = type(getattr(s, key))
+        if kind is bool and value.lower() not in ("true", "false"):
+            raise SystemExit(f"error: --set {key} wants true or false, got {value!r}")
+        out[key] = value.lower() == "true" if kind is bool else kind(value)
     return out
 
 

@@ -129,11 +129,13 @@ def test_tokenizer_round_trips_world_text():
     assert prompt.endswith("<|assistant|>\n") and tok.eos_token == EOS
 
 
-def test_quick_training_writes_loadable_checkpoints(tmp_path):
+@pytest.mark.parametrize("circuit", ["false", "true"])
+def test_quick_training_writes_loadable_checkpoints(tmp_path, circuit):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from train_demo import main
 
-    main(["--quick", "--out", str(tmp_path / "models"), "--seeds", str(tmp_path / "seeds.jsonl")])
+    main(["--quick", "--out", str(tmp_path / "models"), "--seeds", str(tmp_path / "seeds.jsonl"),
+          "--set", f"copy_circuit={circuit}"])
     assert len(load_seeds(tmp_path / "seeds.jsonl")) == 20
     for kind in ("base", "instruct"):
         path = tmp_path / "models" / kind
