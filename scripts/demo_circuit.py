@@ -27,35 +27,54 @@ import torch
 
 
 class CopyCircuit:
+    """`lookback` heads of layer 0 write the codes of the 1..lookback previous tokens (offset d
+    in channel block d); the induction head matches the last `match` tokens (1 or 2)."""
+
     def __init__(self, model, code_dims: int = 32, positional_pairs: int = 12, seed: int = 0,
-                 previous_scale: float = 14.0, match_scale: float = 12.0, output_scale: float = 4.0):
+                 previous_scale: float = 14.0, match_scale: float = 12.0, output_scale: float = 4.0,
+                 lookback: int = 1, match: int = 1):
         config = model.config
         self.model, self.head_dim, self.dims = model, config.head_dim, code_dims
+        self.lookback, self.match = lookback, match
         half = self.head_dim // 2
-        if code_dims % 2 or positional_pairs + code_dims // 2 > half or 1 + 2 * code_dims > config.hidden_size:
-            raise ValueError(f"a {code_dims}-dim code and {positional_pairs} positional pairs do not fit "
-                             f"head_dim {self.head_dim}, hidden {config.hidden_size}")
+        self.fixed = 1 + (1 + lookback) * code_dims
+        if (code_dims % 2 or positional_pairs + match * code_dims // 2 > half or self.fixed > config.hidden_size
+                or not 1 <= match <= lookback <= config.num_attention_heads):
+            raise ValueError(f"a {code_dims}-dim code, {lookback} lookback heads, {match}-token matching and "
+                             f"{positional_pairs} positional pairs do not fit head_dim {self.head_dim}, "
+                             f"hidden {config.hidden_size}, {config.num_attention_heads} heads")
+        self.group = config.num_attention_heads // config.num_key_value_heads
         generator = torch.Generator().manual_seed(seed)
         codes = torch.randn(config.vocab_size, code_dims, generator=generator)
         self.codes = codes / codes.norm(dim=1, keepdim=True)
-        self.code = slice(1, 1 + code_dims)
-        self.previous = slice(1 + code_dims, 1 + 2 * code_dims)
-        self.fixed = 1 + 2 * code_dims
+        self.code = self.block(0)
+        self.previous = self.block(1)
         # Unit constant, unit code, unit free part: every token's RMS is the same, so the
-        # previous-token head's sharpness does not depend on the token.
+        # lookback heads' sharpness does not depend on the token.
         self.rms = math.sqrt(3 / config.hidden_size)
         inv_freq = model.model.rotary_emb.inv_freq.float()
         self.positional = list(range(positional_pairs))
-        self.static = [half - code_dims // 2 + i for i in range(code_dims // 2)]
-        self.static += [s + half for s in self.static]
-        self.previous_query = torch.zeros(self.head_dim)
-        for j in self.positional:
-            self.previous_query[j] = math.cos(inv_freq[j])
-            self.previous_query[j + half] = -math.sin(inv_freq[j])
+        pairs = [half - match * code_dims // 2 + i for i in range(match * code_dims // 2)]
+        self.static = pairs + [p + half for p in pairs]
+        # Head d-1's query is the key's positional pattern turned back by d positions: its
+        # score peaks at distance d.
+        self.lookback_queries = torch.zeros(lookback, self.head_dim)
+        for d in range(1, lookback + 1):
+            for j in self.positional:
+                self.lookback_queries[d - 1, j] = math.cos(d * inv_freq[j])
+                self.lookback_queries[d - 1, j + half] = -math.sin(d * inv_freq[j])
         self.previous_key = torch.zeros(self.head_dim)
         self.previous_key[self.positional] = 1.0
         self.previous_scale, self.match_scale, self.output_scale = previous_scale, match_scale, output_scale
         self.apply()
+
+    def block(self, d: int) -> slice:
+        """Residual channels of the code of the token d positions back (0: the token itself)."""
+        return slice(1 + d * self.dims, 1 + (d + 1) * self.dims)
+
+    def rows(self, head: int, kv: bool = False) -> slice:
+        index = head // self.group if kv else head
+        return slice(index * self.head_dim, (index + 1) * self.head_dim)
 
     @torch.no_grad()
     def apply(self):
@@ -66,28 +85,36 @@ class CopyCircuit:
         embed[:, self.fixed:] = free / free.norm(dim=1, keepdim=True).clamp_min(1e-8)
         embed[:, 0] = 1.0
         embed[:, self.code] = self.codes.to(embed.dtype)
-        embed[:, self.previous] = 0.0
+        embed[:, 1 + dims: self.fixed] = 0.0
         for layer in layers[:2]:
             layer.input_layernorm.weight[: self.fixed] = 1.0
         unit = self.rms  # a pre-norm weight of `unit` reads a normalized channel at scale 1
+        code_in = range(self.code.start, self.code.stop)
 
         first = layers[0].self_attn
-        for proj in (first.q_proj, first.k_proj, first.v_proj):
-            proj.weight[:hd] = 0.0
-        first.q_proj.weight[:hd, 0] = self.previous_query * self.previous_scale * unit
-        first.k_proj.weight[:hd, 0] = self.previous_key * self.previous_scale * unit
-        first.v_proj.weight[range(dims), range(1, 1 + dims)] = unit
         # Nothing else in layer 0 writes the fixed channels, so layer 1 reads them clean.
-        first.o_proj.weight[:, :hd] = 0.0
         first.o_proj.weight[: self.fixed] = 0.0
-        first.o_proj.weight[range(1 + dims, 1 + 2 * dims), range(dims)] = 1.0
         layers[0].mlp.down_proj.weight[: self.fixed] = 0.0
+        for head in range(self.lookback):
+            q, kv = self.rows(head), self.rows(head, kv=True)
+            for proj, r in ((first.q_proj, q), (first.k_proj, kv), (first.v_proj, kv)):
+                proj.weight[r] = 0.0
+            first.q_proj.weight[q, 0] = self.lookback_queries[head] * self.previous_scale * unit
+            first.k_proj.weight[kv, 0] = self.previous_key * self.previous_scale * unit
+            first.v_proj.weight[range(kv.start, kv.start + dims), code_in] = unit
+            out = self.block(head + 1)
+            first.o_proj.weight[:, q] = 0.0
+            first.o_proj.weight[range(out.start, out.stop), range(q.start, q.start + dims)] = 1.0
 
         second = layers[1].self_attn
         for proj in (second.q_proj, second.k_proj, second.v_proj):
             proj.weight[:hd] = 0.0
-        second.q_proj.weight[self.static, range(1, 1 + dims)] = self.match_scale * unit
-        second.k_proj.weight[self.static, range(1 + dims, 1 + 2 * dims)] = self.match_scale * unit
-        second.v_proj.weight[range(dims), range(1, 1 + dims)] = unit
+        # Query: this token and the `match - 1` before it; key: the same offsets, one further back.
+        for i in range(self.match):
+            static = self.static[i * dims:(i + 1) * dims]
+            query_in, key_in = self.block(i), self.block(i + 1)
+            second.q_proj.weight[static, range(query_in.start, query_in.stop)] = self.match_scale * unit
+            second.k_proj.weight[static, range(key_in.start, key_in.stop)] = self.match_scale * unit
+        second.v_proj.weight[range(dims), code_in] = unit
         second.o_proj.weight[:, :hd] = 0.0
-        second.o_proj.weight[range(1, 1 + dims), range(dims)] = self.output_scale
+        second.o_proj.weight[code_in, range(dims)] = self.output_scale

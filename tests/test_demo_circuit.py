@@ -59,6 +59,25 @@ def test_planted_circuit_predicts_the_copies_a_random_model_cannot():
     assert accuracy[False] < 0.05 and accuracy[True] > 0.9
 
 
+def test_lookback_heads_attend_at_their_distance_and_two_token_matching_copies_ambiguous_runs():
+    # Runs over 30 distinct tokens: every token recurs at a few places, so matching the
+    # current token alone finds the wrong continuation most of the time.
+    run = torch.randint(0, 30, (60,), generator=torch.Generator().manual_seed(2))
+    ids = run.repeat(3)
+    accuracy = {}
+    for match in (1, 2):
+        model = tiny_llama()
+        CopyCircuit(model, code_dims=16, lookback=2, match=match)
+        with torch.no_grad():
+            out = model(input_ids=ids[None], output_attentions=True)
+        first = out.attentions[0][0]
+        for d in (1, 2):
+            assert torch.stack([first[d - 1, m, m - d] for m in range(4, len(ids))]).mean() > 0.95
+        predicted = out.logits[0, :-1].argmax(-1)
+        accuracy[match] = (predicted[60:] == ids[61:]).float().mean().item()
+    assert accuracy[1] < 0.4 and accuracy[2] > 0.75  # measured: 0.24 and 0.86
+
+
 def test_apply_restores_the_circuit_after_an_optimizer_step():
     model = tiny_llama()
     circuit = CopyCircuit(model)
@@ -84,3 +103,5 @@ def test_apply_restores_the_circuit_after_an_optimizer_step():
 def test_circuit_that_does_not_fit_the_model_is_refused():
     with pytest.raises(ValueError, match="do not fit"):
         CopyCircuit(tiny_llama(), code_dims=48)
+    with pytest.raises(ValueError, match="do not fit"):
+        CopyCircuit(tiny_llama(), code_dims=16, lookback=3)  # the model has 2 heads

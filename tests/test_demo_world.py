@@ -148,6 +148,19 @@ def test_quick_training_writes_loadable_checkpoints(tmp_path, circuit):
         assert out.shape[1] > 1
 
 
+def test_from_base_retrains_the_same_instruct_model_as_a_full_run(tmp_path):
+    from safetensors.torch import load_file
+    from train_demo import main
+
+    main(["--quick", "--out", str(tmp_path / "full"), "--seeds", str(tmp_path / "seeds.jsonl")])
+    main(["--quick", "--out", str(tmp_path / "again"), "--seeds", str(tmp_path / "seeds.jsonl"),
+          "--from-base", str(tmp_path / "full" / "base")])
+    full, again = (load_file(tmp_path / run / "instruct" / "model.safetensors") for run in ("full", "again"))
+    assert full.keys() == again.keys() and all(torch.equal(full[k], again[k]) for k in full)
+    base = load_file(tmp_path / "full" / "base" / "model.safetensors")
+    assert not all(torch.equal(base[k], full[k]) for k in full)  # the instruct stage did train
+
+
 # ---------------------------------------------------------------- the shipped pair
 
 
