@@ -145,13 +145,18 @@ def test_seeded_output_equals_offline_generate(client, offline):
 
 
 def _stop_inside(text: str) -> str:
-    """A two-character stop string that cuts ``text`` in its middle."""
+    """The shortest stop string that first occurs in the second half of ``text`` (so it cuts
+    ``text`` in its middle, not at an earlier occurrence)."""
     middle = len(text) // 2
-    return next(text[i:i + 2] for i in range(middle, len(text) - 1) if text[i:i + 2].strip())
+    return next(text[i:i + n] for n in range(2, len(text)) for i in range(middle, len(text) - n + 1)
+                if text[i:i + n].strip() and text.find(text[i:i + n]) == i)
 
 
 def test_streamed_text_equals_non_streamed_with_stop_strings(client):
-    kw = dict(model="base", prompt=PROMPT, max_tokens=32, temperature=0.8, seed=5, extra_body={"ignore_eos": True})
+    # A whole question: on a bare "Mia has" the demo base (it has an induction head) can loop
+    # on one token, and a text of one repeated token has no stop string that cuts it midway.
+    prompt = "Question: Mia has 5 apples. She buys 3 more apples. How many apples does Mia have now?\nAnswer:"
+    kw = dict(model="base", prompt=prompt, max_tokens=32, temperature=0.8, seed=5, extra_body={"ignore_eos": True})
     full = client.completions.create(**kw).choices[0].text
     stop = _stop_inside(full)
     plain = client.completions.create(**kw, stop=[stop, "\n\n\n"])
