@@ -48,7 +48,6 @@ class CopyCircuit:
         codes = torch.randn(config.vocab_size, code_dims, generator=generator)
         self.codes = codes / codes.norm(dim=1, keepdim=True)
         self.code = self.block(0)
-        self.previous = self.block(1)
         # Unit constant, unit code, unit free part: every token's RMS is the same, so the
         # lookback heads' sharpness does not depend on the token.
         self.rms = math.sqrt(3 / config.hidden_size)
@@ -68,9 +67,9 @@ class CopyCircuit:
         self.previous_scale, self.match_scale, self.output_scale = previous_scale, match_scale, output_scale
         self.apply()
 
-    def block(self, d: int) -> slice:
+    def block(self, d: int) -> range:
         """Residual channels of the code of the token d positions back (0: the token itself)."""
-        return slice(1 + d * self.dims, 1 + (d + 1) * self.dims)
+        return range(1 + d * self.dims, 1 + (d + 1) * self.dims)
 
     def rows(self, head: int, kv: bool = False) -> slice:
         index = head // self.group if kv else head
@@ -85,11 +84,10 @@ class CopyCircuit:
         embed[:, self.fixed:] = free / free.norm(dim=1, keepdim=True).clamp_min(1e-8)
         embed[:, 0] = 1.0
         embed[:, self.code] = self.codes.to(embed.dtype)
-        embed[:, 1 + dims: self.fixed] = 0.0
+        embed[:, self.block(1).start: self.fixed] = 0.0
         for layer in layers[:2]:
             layer.input_layernorm.weight[: self.fixed] = 1.0
         unit = self.rms  # a pre-norm weight of `unit` reads a normalized channel at scale 1
-        code_in = range(self.code.start, self.code.stop)
 
         first = layers[0].self_attn
         # Nothing else in layer 0 writes the fixed channels, so layer 1 reads them clean.
@@ -101,10 +99,9 @@ class CopyCircuit:
                 proj.weight[r] = 0.0
             first.q_proj.weight[q, 0] = self.lookback_queries[head] * self.previous_scale * unit
             first.k_proj.weight[kv, 0] = self.previous_key * self.previous_scale * unit
-            first.v_proj.weight[range(kv.start, kv.start + dims), code_in] = unit
-            out = self.block(head + 1)
+            first.v_proj.weight[range(kv.start, kv.start + dims), self.code] = unit
             first.o_proj.weight[:, q] = 0.0
-            first.o_proj.weight[range(out.start, out.stop), range(q.start, q.start + dims)] = 1.0
+            first.o_proj.weight[self.block(head + 1), range(q.start, q.start + dims)] = 1.0
 
         second = layers[1].self_attn
         for proj in (second.q_proj, second.k_proj, second.v_proj):
@@ -112,9 +109,8 @@ class CopyCircuit:
         # Query: this token and the `match - 1` before it; key: the same offsets, one further back.
         for i in range(self.match):
             static = self.static[i * dims:(i + 1) * dims]
-            query_in, key_in = self.block(i), self.block(i + 1)
-            second.q_proj.weight[static, range(query_in.start, query_in.stop)] = self.match_scale * unit
-            second.k_proj.weight[static, range(key_in.start, key_in.stop)] = self.match_scale * unit
-        second.v_proj.weight[range(dims), code_in] = unit
+            second.q_proj.weight[static, self.block(i)] = self.match_scale * unit
+            second.k_proj.weight[static, self.block(i + 1)] = self.match_scale * unit
+        second.v_proj.weight[range(dims), self.code] = unit
         second.o_proj.weight[:, :hd] = 0.0
-        second.o_proj.weight[code_in, range(dims)] = self.output_scale
+        second.o_proj.weight[self.code, range(dims)] = self.output_scale
