@@ -250,8 +250,11 @@ def train(model, make_rows, steps: int, lr: float, s: Settings, pad_id: int, nam
 def plant(model, s: Settings):
     if not s.copy_circuit:
         return None
-    return CopyCircuit(model, code_dims=s.copy_code_dims, positional_pairs=s.copy_positional_pairs,
-                       lookback=s.copy_lookback, match=s.copy_match)
+    try:
+        return CopyCircuit(model, code_dims=s.copy_code_dims, positional_pairs=s.copy_positional_pairs,
+                           lookback=s.copy_lookback, match=s.copy_match)
+    except ValueError as e:
+        raise SystemExit(f"error: copy circuit: {e}") from None
 
 
 def save(model, tok, path: Path):

@@ -161,6 +161,18 @@ def test_from_base_retrains_the_same_instruct_model_as_a_full_run(tmp_path):
     assert not all(torch.equal(base[k], full[k]) for k in full)  # the instruct stage did train
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("copy_circuit=yes", "--set copy_circuit wants true or false"),
+    ("no_such_field=1", "--set wants KEY=VALUE"),
+    ("copy_match=2", "copy circuit: .* do not fit"),  # 2-token matching needs 2 lookback heads
+])
+def test_bad_training_settings_exit_with_one_error_line(tmp_path, setting, message):
+    from train_demo import main
+
+    with pytest.raises(SystemExit, match=f"^error: {message}"):
+        main(["--quick", "--out", str(tmp_path / "models"), "--seeds", str(tmp_path / "seeds.jsonl"), "--set", setting])
+
+
 # ---------------------------------------------------------------- the shipped pair
 
 
