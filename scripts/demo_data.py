@@ -2,14 +2,16 @@
 
 Base: documents of several problems in a row (the base prompt format continued), with
 noise. Instruct: chat pairs for "write one problem" (answered from a narrow slice of the
-world) and "improve this problem" (a noisy problem mapped to its corrected form).
+world) and "improve this problem" (a noisy problem mapped to its corrected form; an unreadable
+question to its nearest well-posed version, `bare_engine.demo.repair`).
 """
 
 from __future__ import annotations
 
 import random
 
-from bare_engine.demo.noise import corrupt
+from bare_engine.demo.noise import SLIP_WEIGHTS, corrupt, slip
+from bare_engine.demo.repair import repair
 from bare_engine.demo.world import FULL, NARROW, WorldSlice, generate_problem, worked_answer
 from bare_engine.pipeline.templates import DEFAULT_TASK, Templates
 
@@ -122,17 +124,29 @@ def refine_pair(rng: random.Random, record: dict | None = None) -> tuple[str, st
 
 
 def own_output_pair(rng: random.Random, candidate: dict) -> tuple[str, str] | None:
-    """A refine pair from one of the base model's own outputs (None when its question does not
-    read as a problem): the reply keeps its question and writes the correct worked answer.
-    An output the base already got right is corrupted half the time, so that the refiner also
-    sees that problem with the mistakes it would get from the base."""
-    answer = worked_answer(candidate["question"])
-    if answer is None:
+    """A refine pair from one of the base model's own outputs: the reply keeps its question
+    (repaired when it does not read as a problem; None when it cannot be) and writes the
+    correct worked answer. An output the base already got right is corrupted half the time,
+    so that the refiner also sees that problem with the mistakes it would get from the base."""
+    question = repair(candidate["question"])
+    if question is None:
         return None
-    target = {"question": candidate["question"], "answer": answer}
-    if candidate["answer"].strip() == answer and rng.random() < 0.5:
+    target = {"question": question, "answer": worked_answer(question)}
+    if candidate["question"] == question and candidate["answer"].strip() == target["answer"] and rng.random() < 0.5:
         return refine_pair(rng, target)
     return refine_message(rng, clean(candidate)), render_body(target)
+
+
+def slip_pair(rng: random.Random) -> tuple[str, str]:
+    """'Improve this example' on a problem with one of the base model's slips that make a
+    question unreadable -> the repaired problem with its worked answer."""
+    kind = rng.choices(list(SLIP_WEIGHTS), weights=list(SLIP_WEIGHTS.values()))[0]
+    while True:
+        candidate = slip(clean(generate_problem(rng, FULL)), rng, kind)
+        question = candidate and repair(candidate["question"])
+        if question:
+            target = {"question": question, "answer": worked_answer(question)}
+            return refine_message(rng, candidate), render_body(target)
 
 
 def refine_message(rng: random.Random, candidate: dict) -> str:

@@ -29,12 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from demo_data import (  # noqa: E402
     TEMPLATES, arithmetic_document, base_document, instruct_pair, own_output_pair, pick_task, refine_pair,
-    seed_examples, seeds,
+    seed_examples, seeds, slip_pair,
 )
 from demo_circuit import CopyCircuit  # noqa: E402
 from demo_tokenizer import train_tokenizer  # noqa: E402
 
 from bare_engine.demo import lexicon as lx  # noqa: E402
+from bare_engine.demo.repair import repair  # noqa: E402
 from bare_engine.demo.world import worked_answer  # noqa: E402
 
 MAX_POSITIONS = 2048
@@ -76,6 +77,9 @@ class Settings:
     instruct_lr: float = 1.5e-3
     instruct_share: float = 0.2  # share of "write one" tasks (the rest are "improve this")
     own_share: float = 0.8  # share of "improve this" tasks whose candidate is a base output
+    # share of the other "improve this" tasks whose candidate has one of the base model's
+    # slips that make a question unreadable (the reply repairs it); the rest are corruptions
+    slip_share: float = 0.5
     warmup: int = 30
     log_every: int = 25
 
@@ -214,6 +218,8 @@ def chat_pair(rng: random.Random, s: Settings, own: list[dict]):
         return instruct_pair(rng)
     if own and rng.random() < s.own_share:
         return own_output_pair(rng, rng.choice(own))
+    if rng.random() < s.slip_share:
+        return slip_pair(rng)
     return refine_pair(rng)
 
 
@@ -348,7 +354,8 @@ def main(argv=None):
     rng = random.Random(args.seed + 1)
     own = sample_own_outputs(model, tok, rng, s.own_outputs)
     print(f"{len(own)} base outputs parsed of {s.own_outputs} sampled "
-          f"({sum(worked_answer(r['question']) is not None for r in own)} readable) "
+          f"({sum(worked_answer(r['question']) is not None for r in own)} readable, "
+          f"{sum(repair(r['question']) is not None for r in own)} after repair) "
           f"{time.time() - t0:.0f}s", flush=True)
     train(model, lambda step: instruct_rows(rng, tok, s, own), s.instruct_steps, s.instruct_lr, s, tok.pad_token_id, "instruct")
     save(model, tok, args.out / "instruct")

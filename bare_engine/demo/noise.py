@@ -111,3 +111,72 @@ CORRUPTIONS = {
 def corrupt(record: dict, rng: random.Random, kind: str | None = None) -> dict:
     """A corrupted copy of a clean, parseable record (kind chosen at random when None)."""
     return CORRUPTIONS[kind or rng.choice(list(CORRUPTIONS))](record, rng)
+
+
+# ---------------------------------------------------------------- the base model's slips
+# Slips that make a question unreadable, as the trained base model makes them (in 400 of its
+# records: 40 of 68 unreadable ones halve an odd number, most of them the start amount; the
+# rest name someone else or another item, or mix up pronouns). `repair.repair` undoes each.
+# They are kept apart from CORRUPTIONS, whose draws the base model's training data depends on.
+
+
+def odd_start(record: dict, rng: random.Random) -> dict | None:
+    """The start amount one less, so the first step's division no longer comes out even."""
+    reading = read_problem(record["question"])
+    if len(reading.start) != 1 or reading.steps[0][0] != "/":
+        return None
+    k = reading.start[0]
+    question = re.sub(rf"\b{k}\b", str(k - 1), record["question"], count=1)
+    answer = record["answer"].replace(f"with {k} ", f"with {k - 1} ", 1)
+    return {"question": question, "answer": answer}
+
+
+def other_name(record: dict, rng: random.Random) -> dict | None:
+    """The last sentence asks about someone else."""
+    reading = read_problem(record["question"])
+    head, _, last = record["question"].rpartition(". ")
+    if reading.name not in last:
+        return None
+    last = last.replace(reading.name, rng.choice([n for n in lx.NAMES if n != reading.name]))
+    return {"question": f"{head}. {last}", "answer": record["answer"]}
+
+
+_SWAP = {"He": "She", "She": "He", "he": "she", "she": "he", "his": "her", "him": "her"}
+
+
+def other_gender(record: dict, rng: random.Random) -> dict | None:
+    """One sentence's pronouns are the other gender's."""
+    sentences = record["question"].split(". ")
+    with_pronoun = [i for i, s in enumerate(sentences) if re.search(r"\b(?:He|She|he|she|his|him)\b", s)]
+    if not with_pronoun:
+        return None
+    i = rng.choice(with_pronoun)
+    sentences[i] = re.sub(r"\b(?:He|She|he|she|his|him)\b", lambda m: _SWAP[m.group()], sentences[i])
+    return {"question": ". ".join(sentences), "answer": record["answer"]}
+
+
+def take_too_many(record: dict, rng: random.Random) -> dict | None:
+    """A step takes away more than there is."""
+    reading = read_problem(record["question"])
+    value = reading.start[0] * (reading.start[1] if len(reading.start) == 2 else 1)
+    for (op, k), sentence in zip(reading.steps, reading.step_sentences):
+        if op == "-" and str(k) in sentence:
+            too_many = value + rng.randint(1, 3)
+            question = record["question"].replace(sentence, sentence.replace(str(k), str(too_many), 1), 1)
+            if question != record["question"]:
+                return {"question": question, "answer": record["answer"]}
+        value = {"+": value + k, "-": value - k, "*": value * k, "/": value // k}[op]
+    return None
+
+
+SLIPS = {"odd_start": odd_start, "other_name": other_name, "other_gender": other_gender,
+         "take_too_many": take_too_many}
+# How often the base model makes each (odd starts are most of its unreadable questions).
+SLIP_WEIGHTS = {"odd_start": 0.5, "other_name": 0.2, "other_gender": 0.15, "take_too_many": 0.15}
+
+
+def slip(record: dict, rng: random.Random, kind: str | None = None) -> dict | None:
+    """A copy of a clean record with one of the base model's slips (None when `kind` does not
+    apply to this problem; a random kind when None)."""
+    kind = kind or rng.choices(list(SLIP_WEIGHTS), weights=list(SLIP_WEIGHTS.values()))[0]
+    return SLIPS[kind](record, rng)
