@@ -69,7 +69,7 @@ def base_document(rng: random.Random, n_examples: int) -> str:
     return pick_task(rng) + TEMPLATES.separator + TEMPLATES.separator.join(parts)
 
 
-def arithmetic_line(rng: random.Random, world: WorldSlice = FULL) -> str:
+def arithmetic_line(rng: random.Random, world: WorldSlice = FULL, lead: str = "") -> str:
     """One sum in the ranges the world's problems use."""
     op = rng.choice("+-*/")
     top = world.max_value + 2 * world.max_amount  # sums run past max_value
@@ -87,13 +87,14 @@ def arithmetic_line(rng: random.Random, world: WorldSlice = FULL) -> str:
         b = rng.randint(2, world.max_divisor)
         a = b * rng.randint(1, world.max_value // b)
     value = {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
-    return f"{a} {op} {b} = {value}"
+    return f"{lead}{a} {op} {b} = {value}"
 
 
-def arithmetic_document(rng: random.Random, n_lines: int) -> str:
-    """A page of worked sums (the kind of arithmetic text a pretraining corpus holds)."""
+def arithmetic_document(rng: random.Random, n_lines: int, lead: str = "") -> str:
+    """A page of worked sums (the kind of arithmetic text a pretraining corpus holds), each line
+    starting with `lead`."""
     title = rng.choice(["Arithmetic practice", "Sums to check", "Math drill", "Practice sheet"])
-    return title + "\n\n" + "\n".join(arithmetic_line(rng) for _ in range(n_lines))
+    return title + "\n\n" + "\n".join(arithmetic_line(rng, lead=lead) for _ in range(n_lines))
 
 
 def seed_examples(rng: random.Random, n: int = 3) -> list[dict]:

@@ -72,7 +72,7 @@ class Settings:
     instruct_batch: int = 8
     # Rows per instruct batch that are pages of sums (plain text): the refiner recomputes each
     # step, and this is where it learns to add and subtract (the base gets about 25% right).
-    instruct_arithmetic: int = 4
+    instruct_arithmetic: int = 3
     instruct_len: int = 640
     instruct_lr: float = 1.5e-3
     instruct_share: float = 0.2  # share of "write one" tasks (the rest are "improve this")
@@ -198,7 +198,9 @@ def instruct_rows(rng: random.Random, tok, s: Settings, own: list[dict]):
     pages of sums as plain text (mixing pretraining text into fine-tuning)."""
     rows = []
     for _ in range(s.instruct_arithmetic):
-        ids = tok(arithmetic_document(rng, 50)).input_ids[: s.instruct_len]
+        # Lines start with a space so that a first operand is the token it is in an answer
+        # (" 8" after "has"); pages of "8 - 2 = 6" lines teach sums that answers do not reuse.
+        ids = tok(arithmetic_document(rng, 50, lead=" ")).input_ids[: s.instruct_len]
         rows.append((ids, ids))
     while len(rows) < s.instruct_batch:
         pair = chat_pair(rng, s, own)

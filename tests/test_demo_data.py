@@ -63,3 +63,46 @@ def test_own_output_pair_keeps_the_question_and_fixes_the_answer():
     for _ in range(20):
         candidate, reply = _candidate_and_reply(*own_output_pair(rng, record))
         assert reply["question"] in (record["question"], candidate["question"]) and check(reply)
+
+
+def _contains(seq: list[int], part: list[int]) -> bool:
+    return any(seq[i : i + len(part)] == part for i in range(len(seq) - len(part) + 1))
+
+
+def test_spaced_sum_pages_tokenize_like_the_worked_answers():
+    # The refiner learns its sums from pages; a line's first operand must be the same token as
+    # an answer's (" 1" after "has", not "1" after a newline) for that to carry over.
+    from transformers import AutoTokenizer
+
+    from bare_engine.demo import INSTRUCT_MODEL_DIR
+    from demo_data import arithmetic_document  # noqa: E402
+
+    tok = AutoTokenizer.from_pretrained(INSTRUCT_MODEL_DIR)
+    rng = random.Random(6)
+    for lead, carries_over in (("", False), (" ", True)):
+        page = arithmetic_document(rng, 20, lead)
+        for line in page.split("\n\n", 1)[1].split("\n"):
+            assert line.startswith(lead) and line[len(lead)].isdigit()
+            answer = tok(f"so she has {line.strip()}.").input_ids
+            assert _contains(answer, tok(line).input_ids[:2]) == carries_over, (lead, line)
+
+
+def test_refine_stats_groups_candidates_and_sorts_failures():
+    from demo_refine_stats import stats  # noqa: E402
+
+    rng = random.Random(7)
+    good = {k: v for k, v in generate_problem(rng).items() if k != "final"}
+    wrong = corrupt(good, rng, "wrong_final")
+    first = good["question"].split(". ")[0]
+    looped = {"question": first + ". " + good["question"], "answer": good["answer"]}
+    records = [
+        {"base": {"fields": good}, "fields": good},  # kept
+        {"base": {"fields": wrong}, "fields": good},  # fixed, same question
+        {"base": {"fields": wrong}, "fields": looped},  # copy loop
+        {"base": {"fields": None}, "fields": None},  # nothing parsed
+    ]
+    out = stats(records)
+    assert out["pass_rate"] == 0.5
+    assert out["candidates"]["correct"] == {"count": 1, "pass": 1, "same_question": 1}
+    assert out["candidates"]["readable_wrong"] == {"count": 2, "pass": 1, "same_question": 1}
+    assert out["failures"] == {"question_loop": 1, "dropped": 1}

@@ -26,11 +26,11 @@ def corrupted_problems() -> list[tuple[dict, dict]]:
     return pairs
 
 
-# The acceptance test for the copy-and-fix half of issue 16. The shipped pair fixes 10 of the 21
-# (its BARE pass rate is 2.0x base's): where it fails, the refiner's single-token induction head
-# resumes the copy at the wrong sentence (one skipped or written twice), or copies a wrong
-# number from the candidate's answer. Strict: once a pair passes, drop it.
-@pytest.mark.xfail(strict=True, reason="issue 16: the shipped refiner fixes 10 of 21 (copy loops, copied wrong numbers)")
+# The acceptance test for the copy-and-fix half of issue 16. The shipped pair fixes 11 of the 21
+# (its BARE pass rate is 2.2x base's): where it fails, the refiner's single-token induction head
+# resumes the copy at the wrong sentence (one skipped or written twice), or gets a sum
+# wrong. Strict: once a pair passes, drop it.
+@pytest.mark.xfail(strict=True, reason="issue 16: the shipped refiner fixes 11 of 21 (copy loops, copied wrong numbers)")
 def test_shipped_instruct_model_fixes_corrupted_problems(tmp_path):
     pairs = corrupted_problems()
     broken = {i for i, (_, noisy) in enumerate(pairs) if not check(noisy)}
