@@ -2,8 +2,8 @@
 
     python scripts/demo_refine_stats.py runs/demo/bare.jsonl
 
-Candidates fall in three groups: correct, readable but wrongly answered, and unreadable (the
-world cannot parse the question; `repair` mends some). Failures are sorted into copy loops (a
+Candidates fall in four groups: correct, readable but wrongly answered, unreadable but mendable
+by `repair`, and unreadable (the world cannot parse the question). Failures are sorted into copy loops (a
 sentence of the question written twice), unreadable questions, repeated answer steps, and
 wrong arithmetic.
 """
@@ -15,7 +15,7 @@ import sys
 from collections import Counter
 
 from bare_engine.demo.repair import repair
-from bare_engine.demo.world import check, worked_answer
+from bare_engine.demo.world import _split_sentences, check, worked_answer
 
 
 def candidate_group(candidate: dict | None) -> str:
@@ -31,7 +31,7 @@ def candidate_group(candidate: dict | None) -> str:
 def failure_kind(fields: dict | None) -> str:
     if not fields:
         return "dropped"
-    sentences = [s.strip() for s in fields["question"].split(". ")]
+    sentences = _split_sentences(fields["question"])
     if len(set(sentences)) < len(sentences):
         return "question_loop"
     if worked_answer(fields["question"]) is None:
@@ -48,7 +48,7 @@ def stats(records: list[dict]) -> dict:
         groups[group] += 1
         if fields and check(fields):
             passed[group] += 1
-            same_question[group] += fields["question"] == candidate["question"]
+            same_question[group] += bool(candidate) and fields["question"] == candidate["question"]
         else:
             failures[failure_kind(fields)] += 1
     return {

@@ -75,7 +75,7 @@ def test_spaced_sum_pages_tokenize_like_the_worked_answers():
     from transformers import AutoTokenizer
 
     from bare_engine.demo import INSTRUCT_MODEL_DIR
-    from demo_data import arithmetic_document  # noqa: E402
+    from demo_data import arithmetic_document
 
     tok = AutoTokenizer.from_pretrained(INSTRUCT_MODEL_DIR)
     rng = random.Random(6)
@@ -88,7 +88,7 @@ def test_spaced_sum_pages_tokenize_like_the_worked_answers():
 
 
 def test_refine_stats_groups_candidates_and_sorts_failures():
-    from demo_refine_stats import stats  # noqa: E402
+    from demo_refine_stats import stats
 
     rng = random.Random(7)
     good = {k: v for k, v in generate_problem(rng).items() if k != "final"}

@@ -30,7 +30,7 @@ def corrupted_problems() -> list[tuple[dict, dict]]:
 # (its BARE pass rate is 2.2x base's): where it fails, the refiner's single-token induction head
 # resumes the copy at the wrong sentence (one skipped or written twice), or gets a sum
 # wrong. Strict: once a pair passes, drop it.
-@pytest.mark.xfail(strict=True, reason="issue 16: the shipped refiner fixes 11 of 21 (copy loops, copied wrong numbers)")
+@pytest.mark.xfail(strict=True, reason="issue 16: the shipped refiner fixes 11 of 21 (copy loops, wrong sums)")
 def test_shipped_instruct_model_fixes_corrupted_problems(tmp_path):
     pairs = corrupted_problems()
     broken = {i for i, (_, noisy) in enumerate(pairs) if not check(noisy)}
