@@ -1,10 +1,10 @@
 """bare-engine: a small inference engine for Base-Refine synthetic data generation."""
 
 from bare_engine.config import EngineConfig
-from bare_engine.engine import LLMEngine
+from bare_engine.engine.llm_engine import LLMEngine
 from bare_engine.errors import BareEngineError
 from bare_engine.llm import LLM
-from bare_engine.lora import ModelSpec
+from bare_engine.model.source import ModelSpec
 from bare_engine.outputs import CompletionOutput, RequestOutput
 from bare_engine.sampling_params import SamplingParams
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import typing
 
 import click
 
@@ -31,32 +32,30 @@ def main() -> None:
 
 
 def engine_options(fn):
-    options = [
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--dtype", default="auto", show_default=True, help="auto, float32, bfloat16 or float16."),
-        click.option("--num-kv-blocks", type=int, default=None, help="KV cache size in blocks (default: from memory)."),
-        click.option("--block-size", type=int, default=16, show_default=True),
-        click.option("--max-num-seqs", type=int, default=64, show_default=True),
-        click.option("--max-num-batched-tokens", type=int, default=2048, show_default=True),
-        click.option("--max-model-len", type=int, default=None),
-        click.option("--attention-backend", default="auto", show_default=True, help="auto, torch, triton or flash_attn."),
-        click.option("--enforce-eager", is_flag=True, help="Do not capture CUDA graphs."),
-        click.option("--async-scheduling/--no-async-scheduling", default=None,
-                     help="Overlap host work with the device's step (default: on for CUDA, off on CPU)."),
-        click.option("--tensor-parallel-size", type=int, default=1, show_default=True,
-                     help="Shard every model over this many GPUs (cuda:0..N-1), one process each."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
+    """A click option for every engine setting (``bare_engine.config``): ``--max-num-seqs`` for max_num_seqs."""
+    from bare_engine.config import engine_options as settings, setting_types
+
+    types = setting_types()
+    for f in reversed(settings()):
+        fn = _setting_option(f, types[f.name])(fn)
     return fn
 
 
-def engine_config_from(kwargs: dict):
-    from bare_engine.config import EngineConfig
+def _setting_option(f, hint):
+    flag = "--" + f.name.replace("_", "-")
+    help_text = f.metadata["help"] + ("" if f.default is None else f" [default: {f.default}]")
+    if bool in typing.get_args(hint) or hint is bool:  # unset (None): the setting's own default
+        return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
+    kind = next((k for k in (int, float) if k is hint or k in typing.get_args(hint)), str)
+    return click.option(flag, f.name, type=kind, default=None, help=help_text)
 
-    keys = ("device", "dtype", "num_kv_blocks", "block_size", "max_num_seqs", "max_num_batched_tokens",
-            "max_model_len", "attention_backend", "enforce_eager", "tensor_parallel_size", "async_scheduling")
-    return EngineConfig(**{k: kwargs.pop(k) for k in keys})
+
+def engine_config_from(kwargs: dict):
+    """Pop the engine settings from a command's arguments; those given make its EngineConfig."""
+    from bare_engine.config import EngineConfig, engine_options as settings
+
+    given = {f.name: kwargs.pop(f.name) for f in settings()}
+    return EngineConfig(**{name: value for name, value in given.items() if value is not None})
 
 
 @main.command()
@@ -85,7 +84,7 @@ def generate(model, prompts, as_json, **kwargs):
     """Generate continuations of one or more prompts."""
     from bare_engine.llm import LLM
     from bare_engine.sampling_params import SamplingParams
-    from bare_engine.sampling_steps import parse_step_assignments
+    from bare_engine.sample.sampling_steps import parse_step_assignments
 
     config = engine_config_from(kwargs)
     steps = parse_step_assignments(kwargs.pop("sampling_steps")) or None
@@ -119,7 +118,7 @@ def generate(model, prompts, as_json, **kwargs):
 @engine_options
 def bench(workload, num_requests, preset, no_baseline, out_dir, **kwargs):
     """Throughput of the engine vs transformers generate() on the same model and requests (writes JSON)."""
-    from bare_engine.bench import run_throughput_benchmark
+    from bare_engine.bench.throughput import run_throughput_benchmark
 
     config = engine_config_from(kwargs)
     workloads = ["fixed", "variable"] if workload == "both" else [workload]

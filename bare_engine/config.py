@@ -1,48 +1,50 @@
-"""Engine configuration and the model description read from a checkpoint's config.json."""
+"""Engine configuration: every engine setting, declared once."""
 
 from __future__ import annotations
 
-import json
-import math
+import dataclasses
+import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from bare_engine.errors import ConfigError, ModelLoadError, UnsupportedArchitectureError
+from bare_engine.errors import ConfigError
 
-SUPPORTED_ARCHITECTURES = (
-    "LlamaForCausalLM",
-    "MistralForCausalLM",
-    "Qwen2ForCausalLM",
-    "Qwen3ForCausalLM",
-)
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def setting(default, help: str, *, option: bool = True, resume_free: bool = False):
+    """An engine setting. ``option``: also a command-line flag (``--max-num-seqs``) of every command that
+    builds an engine and a key of the pipeline's ``[engine]`` section; ``resume_free``: changes speed,
+    never which records a pipeline run writes (a run may resume with another value)."""
+    return field(default=default, metadata={"help": help, "option": option, "resume_free": resume_free})
 
 
 @dataclass
 class EngineConfig:
-    dtype: str = "auto"
-    device: str = "auto"
-    block_size: int = 16
-    num_kv_blocks: int | None = None
-    gpu_memory_utilization: float = 0.9
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    max_model_len: int | None = None
-    enable_prefix_caching: bool = True
-    seed: int = 0
-    attention_backend: str = "auto"
-    sampler_backend: str = "auto"  # auto: Triton on CUDA, torch reference elsewhere
-    kv_split_ratio: float = 0.5
-    enforce_eager: bool = False
-    tensor_parallel_size: int = 1  # ranks (processes, one device each) every model is sharded over
-    cuda_graph_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-    # Overlapped steps (overlap.py): the host schedules and prepares step t+1 while the device runs
-    # step t. None: on for CUDA, off on CPU (nothing to overlap there; True on CPU runs the same code
-    # path, which is how the tests check it).
-    async_scheduling: bool | None = None
+    dtype: str = setting("auto", "auto, float32, bfloat16 or float16 (auto: bfloat16 on CUDA, float32 on the CPU).")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    block_size: int = setting(16, "Tokens per KV cache block (a power of two).")
+    num_kv_blocks: int | None = setting(None, "KV cache size in blocks (default: from memory).", resume_free=True)
+    gpu_memory_utilization: float = setting(0.9, "Fraction of GPU memory the engine may use.", resume_free=True)
+    max_num_seqs: int = setting(64, "Sequences in a step at most.", resume_free=True)
+    max_num_batched_tokens: int = setting(2048, "Tokens in a step at most.", resume_free=True)
+    max_model_len: int | None = setting(None, "Context length (default: the model's).")
+    enable_prefix_caching: bool = setting(True, "Reuse the KV blocks of shared prompt prefixes.", resume_free=True)
+    seed: int = setting(0, "Seed of the stream that seeds requests without a seed.", option=False)
+    attention_backend: str = setting("auto", "auto, torch, triton or flash_attn.")
+    sampler_backend: str = setting("auto", "auto (Triton on CUDA, the torch reference elsewhere), torch or triton.",
+                                   resume_free=True)
+    kv_split_ratio: float = setting(0.5, "Share of the KV budget of the first model's pool when models cannot share one.",
+                                    resume_free=True)
+    enforce_eager: bool = setting(False, "Do not capture CUDA graphs.", resume_free=True)
+    tensor_parallel_size: int = setting(1, "Shard every model over this many GPUs (cuda:0..N-1), one process each.",
+                                        resume_free=True)
+    cuda_graph_batch_sizes: tuple[int, ...] = setting((1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+                                                      "Decode batch sizes to capture CUDA graphs for.", option=False)
+    # Overlapped steps (engine/steps.py): True on CPU runs the same code path, which is how the tests check it.
+    async_scheduling: bool | None = setting(None, "Overlap host work with the device's step (default: on for CUDA, "
+                                                  "off on the CPU, where there is nothing to overlap).", resume_free=True)
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -106,159 +108,11 @@ class EngineConfig:
         return DTYPES[self.dtype]
 
 
-@dataclass
-class ModelConfig:
-    """The parts of a Hugging Face config.json the engine needs."""
-
-    path: Path
-    architecture: str
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-    rope_scaling: dict | None
-    max_position_embeddings: int
-    tie_word_embeddings: bool
-    qkv_bias: bool
-    o_bias: bool
-    mlp_bias: bool
-    qk_norm: bool
-    eos_token_ids: list[int] = field(default_factory=list)
-
-    @property
-    def kv_shape(self) -> tuple[int, int, int]:
-        """What must match for two models to share one KV block pool."""
-        return (self.num_layers, self.num_kv_heads, self.head_dim)
-
-    def check_tensor_parallel(self, tp: int) -> None:
-        """Raise unless heads and MLP width split evenly over ``tp`` ranks (KV heads may be replicated)."""
-        def bad(what: str) -> None:
-            raise ConfigError(f"{self.path.name}: tensor_parallel_size {tp} does not divide {what}")
-
-        if self.num_heads % tp:
-            bad(f"num_attention_heads {self.num_heads}")
-        if self.num_kv_heads % tp and tp % self.num_kv_heads:
-            bad(f"num_key_value_heads {self.num_kv_heads}, nor is it a multiple of it (which replicates KV heads)")
-        if self.intermediate_size % tp:
-            bad(f"intermediate_size {self.intermediate_size}")
-
-    def inv_freq(self) -> torch.Tensor:
-        dims = torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim
-        inv_freq = 1.0 / (self.rope_theta**dims)
-        scaling = self.rope_scaling or {}
-        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-        if rope_type == "linear":
-            inv_freq = inv_freq / scaling["factor"]
-        elif rope_type == "llama3":
-            inv_freq = _llama3_inv_freq(inv_freq, scaling)
-        return inv_freq.float()
+def engine_options() -> list[dataclasses.Field]:
+    """The settings that are flags and pipeline config keys, in declaration order."""
+    return [f for f in dataclasses.fields(EngineConfig) if f.metadata["option"]]
 
 
-def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
-    factor = scaling["factor"]
-    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
-    old_len = scaling["original_max_position_embeddings"]
-    wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-    smooth = (old_len / wavelen - low) / (high - low)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    is_medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-    return torch.where(is_medium, smoothed, scaled)
-
-
-def read_json(path: Path, what: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{what} {path} is not valid JSON: {exc}") from None
-
-
-def load_model_config(model_dir: str | Path) -> ModelConfig:
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise ModelLoadError(f"model directory not found: {path}")
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise ModelLoadError(f"no config.json in model directory {path}")
-    cfg = read_json(config_path, "model config")
-
-    archs = cfg.get("architectures") or []
-    arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
-    if arch is None:
-        raise UnsupportedArchitectureError(
-            f"unsupported architecture {', '.join(archs) or '(none given)'} in {config_path}; "
-            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-        )
-    try:
-        return _model_config_from_dict(path, arch, cfg)
-    except KeyError as exc:
-        raise ModelLoadError(f"{config_path} lacks required key {exc.args[0]!r}") from None
-
-
-def _model_config_from_dict(path: Path, arch: str, cfg: dict) -> ModelConfig:
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise UnsupportedArchitectureError(f"unsupported hidden_act {cfg['hidden_act']!r}; only silu is implemented")
-    num_heads = cfg["num_attention_heads"]
-    num_kv_heads = cfg.get("num_key_value_heads") or num_heads
-    if num_heads % num_kv_heads:
-        raise ModelLoadError(f"num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}")
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // num_heads
-
-    # transformers >= 5 writes rope_parameters; older configs use rope_theta + rope_scaling.
-    rope = dict(cfg.get("rope_parameters") or {})
-    rope_theta = rope.pop("rope_theta", cfg.get("rope_theta", 10000.0))
-    scaling = rope or cfg.get("rope_scaling") or None
-    if scaling is not None:
-        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-        if rope_type not in SUPPORTED_ROPE_TYPES:
-            raise UnsupportedArchitectureError(
-                f"unsupported rope_scaling type {rope_type!r}; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
-            )
-
-    max_pos = cfg.get("max_position_embeddings", 2048)
-    window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
-    if window:
-        # Full attention equals sliding-window attention while sequences fit the window.
-        max_pos = min(max_pos, window)
-
-    return ModelConfig(
-        path=path,
-        architecture=arch,
-        vocab_size=cfg["vocab_size"],
-        hidden_size=cfg["hidden_size"],
-        intermediate_size=cfg["intermediate_size"],
-        num_layers=cfg["num_hidden_layers"],
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
-        rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-        rope_theta=float(rope_theta),
-        rope_scaling=scaling,
-        max_position_embeddings=max_pos,
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        qkv_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
-        o_bias=arch != "Qwen2ForCausalLM" and bool(cfg.get("attention_bias", False)),
-        mlp_bias=bool(cfg.get("mlp_bias", False)),
-        qk_norm=arch == "Qwen3ForCausalLM",
-        eos_token_ids=_eos_ids(path, cfg),
-    )
-
-
-def _eos_ids(path: Path, cfg: dict) -> list[int]:
-    ids: list[int] = []
-    sources = [cfg]
-    gen_path = path / "generation_config.json"
-    if gen_path.is_file():
-        sources.append(read_json(gen_path, "generation config"))
-    for source in sources:
-        eos = source.get("eos_token_id")
-        for token in eos if isinstance(eos, list) else [eos]:
-            if isinstance(token, int) and token not in ids:
-                ids.append(token)
-    return ids
+def setting_types() -> dict[str, object]:
+    """Each setting's type annotation, resolved."""
+    return typing.get_type_hints(EngineConfig)

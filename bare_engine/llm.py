@@ -7,12 +7,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from bare_engine.config import EngineConfig
-from bare_engine.engine import LLMEngine
+from bare_engine.engine.llm_engine import LLMEngine
 from bare_engine.errors import InvalidRequestError
-from bare_engine.generation_defaults import default_sampling_params
-from bare_engine.lora import ModelSpec, resolve_model_source
+from bare_engine.model.generation_defaults import default_sampling_params
+from bare_engine.model.source import ModelSpec, resolve_model_source
 from bare_engine.outputs import RequestOutput
-from bare_engine.prompts import Prompt, conversations, normalize_prompts, render_chat
+from bare_engine.engine.prompts import Prompt, conversations, normalize_prompts, render_chat
 from bare_engine.sampling_params import SamplingParams
 
 
@@ -60,7 +60,7 @@ class LLM:
         """Generate for every prompt; outputs come back in the order of the prompts.
 
         prompts: a string, a list of token ids, a ``{"prompt": str}`` / ``{"prompt_token_ids": [...]}``
-        dict, or a list mixing these (see bare_engine.prompts).
+        dict, or a list mixing these (see bare_engine.engine.prompts).
         """
         return self._run(normalize_prompts(prompts), sampling_params, use_tqdm)
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bare_engine.errors import InvalidSamplingParamsError
-
-MAX_LOGPROBS = 20
+from bare_engine.kernels.sampling_ref import MAX_LOGPROBS
 
 
 @dataclass
@@ -102,10 +101,10 @@ class SamplingParams:
         ):
             bad("allowed_token_sequences must be a non-empty list of non-empty token lists")
         if self.logits_processors is not None:  # "module:function" names become the functions
-            from bare_engine.logits_processors import resolve_processors
+            from bare_engine.sample.logits_processors import resolve_processors
 
             self.logits_processors = resolve_processors(self.logits_processors)
         if self.sampling_steps is not None:
-            from bare_engine.sampling_steps import validate_steps
+            from bare_engine.sample.sampling_steps import validate_steps
 
             validate_steps(self.sampling_steps)

@@ -29,7 +29,7 @@ if not torch.cuda.is_available():
 import triton  # noqa: E402
 
 from bare_engine.kernels.attention import decode_attention, default_num_splits, prefill_attention  # noqa: E402
-from bare_engine.bench import device_name, peak_bandwidth  # noqa: E402
+from bare_engine.bench.throughput import device_name, peak_bandwidth  # noqa: E402
 from bare_engine.kernels.attention_ref import gather_kv  # noqa: E402
 
 # (substring of torch.cuda.get_device_name(), peak bytes/s); the first match wins, so more

@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 import torch
 
-from bare_engine.bench import device_name
+from bare_engine.bench.throughput import device_name
 from bare_engine.pipeline.config import load_config
 from bare_engine.pipeline.records import ExistingOutput, RecordWriter
 from bare_engine.pipeline.run import build_engine

@@ -7,7 +7,7 @@
 A 6-layer, 384-wide Llama (random weights), 64 requests with prompts of 16-256 and outputs of
 16-128 tokens (greedy, ignore_eos), transformers in static batches of 32 and the engine with
 ``max_num_seqs`` 32. Both sides are timed in this run, with the same thread count; the engine
-and transformers runners are bare_engine.bench's. ``--baseline-rev`` also times REV's engine
+and transformers runners are bare_engine.bench.throughput's. ``--baseline-rev`` also times REV's engine
 (extracted as in benchmarks/overhead.py) in a subprocess on the same requests. ``--repeats R``
 times the engine and transformers in turn R times (this machine drifts over minutes) and reports
 each turn's ratio and their median, which is the headline ``speedup_vs_transformers``.
@@ -41,7 +41,7 @@ def make_requests(num_requests: int, vocab_size: int, seed: int = 0):
 
 
 def engine_only(model_dir: Path, num_requests: int, max_num_seqs: int) -> dict:
-    from bare_engine.bench import run_engine
+    from bare_engine.bench.throughput import run_engine
     from bare_engine.llm import LLM
 
     llm = LLM(model_dir, max_num_seqs=max_num_seqs, device="cpu")
@@ -75,7 +75,7 @@ def main() -> None:
         print(json.dumps(engine_only(Path(args.engine_only), args.num_requests, args.batch)))
         return
 
-    from bare_engine.bench import _leading_match, device_name, run_transformers
+    from bare_engine.bench.throughput import _leading_match, device_name, run_transformers
     from bare_engine.testing import make_model_dir
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from bare_engine import LLMEngine
-from bare_engine.bench import PRESETS, device_name, peak_bandwidth, preset_model_dir
-from bare_engine.bench_decode import SAMPLING, copy_bandwidth, overlapped_decode, roofline, steady_decode
+from bare_engine.bench.throughput import PRESETS, device_name, peak_bandwidth, preset_model_dir
+from bare_engine.bench.decode import SAMPLING, copy_bandwidth, overlapped_decode, roofline, steady_decode
 from bare_engine.config import EngineConfig
 
 RESULTS = Path(__file__).parent / "results"

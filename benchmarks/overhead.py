@@ -150,7 +150,7 @@ def case_params(case: str, rng: random.Random):
 class Case:
     def __init__(self, model_dir: Path, case: str, seqs: int, seed: int = 0, overlapped: bool = False):
         from bare_engine.config import EngineConfig
-        from bare_engine.engine import LLMEngine
+        from bare_engine.engine.llm_engine import LLMEngine
 
         self.case, self.seqs = case, seqs
         self.rng = random.Random(seed)

@@ -34,7 +34,7 @@ if not torch.cuda.is_available():
 import triton  # noqa: E402
 
 from bare_engine.kernels import sampling as tri  # noqa: E402
-from bare_engine.bench import device_name, peak_bandwidth  # noqa: E402
+from bare_engine.bench.throughput import device_name, peak_bandwidth  # noqa: E402
 from bare_engine.kernels import sampling_ref as ref  # noqa: E402
 
 # (substring of torch.cuda.get_device_name(), peak bytes/s); the first match wins.

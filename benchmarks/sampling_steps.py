@@ -30,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from sampling import SCENARIOS, make_inputs  # noqa: E402  (benchmarks/sampling.py; sets TRITON_INTERPRET on CPU)
 
-from bare_engine.bench import device_name  # noqa: E402
+from bare_engine.bench.throughput import device_name  # noqa: E402
 from bare_engine.kernels import sampling_ref as ref  # noqa: E402
-from bare_engine.sampling_steps import get_step, sample_with_steps  # noqa: E402
+from bare_engine.sample.sampling_steps import get_step, sample_with_steps  # noqa: E402
 
 STEP = {"top_n_sigma": 1.0}
 GPU = {"batch": [1, 32, 128, 256], "vocab": [32000, 151936]}

@@ -28,7 +28,7 @@ import click
 import torch
 
 from bare_engine import EngineConfig, LLMEngine, SamplingParams
-from bare_engine.bench import device_name
+from bare_engine.bench.throughput import device_name
 from bare_engine.demo import BASE_MODEL_DIR, INSTRUCT_MODEL_DIR, load_seeds
 from bare_engine.pipeline.templates import DEFAULT_TASK, Templates
 from bare_engine.serve import engine_view

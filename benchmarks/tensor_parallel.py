@@ -23,7 +23,7 @@ import click
 import torch
 
 from bare_engine import LLM, EngineConfig, SamplingParams
-from bare_engine.bench import PRESETS, device_name, make_requests
+from bare_engine.bench.throughput import PRESETS, device_name, make_requests
 from bare_engine.testing import make_model_dir
 
 RESULTS = Path(__file__).parent / "results"

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bare_engine.errors import UnsupportedArchitectureError
+from .errors import KernelInputError
 
 LOG2_E = 1.4426950408889634
 MAX_HEAD_DIM = 256
@@ -407,11 +407,11 @@ def _check_heads(q: torch.Tensor, k_cache: torch.Tensor) -> int:
     num_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k_cache.shape[2]
     if head_dim > MAX_HEAD_DIM or head_dim != k_cache.shape[3]:
-        raise UnsupportedArchitectureError(
+        raise KernelInputError(
             f"head_dim {head_dim} (cache {k_cache.shape[3]}) unsupported by Triton attention (max {MAX_HEAD_DIM})"
         )
     if num_heads % num_kv_heads:
-        raise UnsupportedArchitectureError(f"{num_heads} query heads not a multiple of {num_kv_heads} KV heads")
+        raise KernelInputError(f"{num_heads} query heads not a multiple of {num_kv_heads} KV heads")
     return num_heads // num_kv_heads
 
 

@@ -59,8 +59,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bare_engine.errors import InvalidSamplingParamsError
-from bare_engine.sampling_params import MAX_LOGPROBS
+from .errors import KernelInputError
+
+MAX_LOGPROBS = 20  # the most top logprobs a row can ask for
 
 MASK32 = 0xFFFFFFFF
 PHILOX_KEY_A, PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85
@@ -157,14 +158,14 @@ def validate_sampling_tensors(
     penalties: PenaltyState | None = None,
     num_logprobs: int | None = None,
 ) -> None:
-    """Raise InvalidSamplingParamsError on any bad shape, dtype, device or value.
+    """Raise KernelInputError on any bad shape, dtype, device or value.
 
     Value checks cost one device-to-host copy; callers that capture CUDA graphs
     validate once outside the graph and pass ``validate=False`` to ``sample``.
     """
 
     def bad(msg: str) -> None:
-        raise InvalidSamplingParamsError(f"invalid sampling parameter: {msg}")
+        raise KernelInputError(f"invalid sampling parameter: {msg}")
 
     if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.dtype.is_floating_point:
         bad("logits must be a 2-D floating-point tensor [batch, vocab]")

@@ -18,7 +18,7 @@ PROBE = """
 import json, sys, platform
 from importlib.metadata import version
 import torch, bare_engine
-from bare_engine.bench import device_name
+from bare_engine.bench.throughput import device_name
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 json.dump({"device": device_name(device), "cuda": torch.cuda.is_available(), "torch": torch.__version__,
            **{name: version(name) for name in ("triton", "transformers")},
@@ -140,7 +140,7 @@ NANOVLLM = {
 
 
 def run_nanovllm(raw: Path, dry_run: bool, work: Path) -> None:
-    from bare_engine.bench import preset_model_dir, run_throughput_benchmark
+    from bare_engine.bench.throughput import preset_model_dir, run_throughput_benchmark
     from bare_engine.config import EngineConfig
 
     spec = NANOVLLM[dry_run]

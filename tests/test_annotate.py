@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from bare_engine.errors import ConfigError, ModelLoadError, ResumeMismatchError
-from bare_engine.export import export_records
+from bare_engine.eval.export import export_records
 from bare_engine.pipeline.annotate import prepare_annotate
 from bare_engine.pipeline.annotate_prompt import AnnotatePrompt, label_token_ids
 from bare_engine.pipeline.cli import run_command

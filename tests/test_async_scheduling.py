@@ -15,8 +15,7 @@ import pytest
 
 from bare_engine import LLM, EngineConfig, LLMEngine, SamplingParams
 from bare_engine.errors import ConfigError, InvalidRequestError
-from bare_engine.overlap import OverlappedSteps
-from bare_engine.sequence import PENDING_TOKEN
+from bare_engine.engine.steps import OverlappedSteps
 from bare_engine.serve.engine_view import request_progress
 from tiny_models import hf_greedy, make_model_dir
 
@@ -51,7 +50,7 @@ def check_released(engine: LLMEngine) -> None:
         assert not engine.scheduler.running[name] and not engine.scheduler.waiting[name]
     for runner in engine.runners.values():
         assert len(runner.input_batch.free_rows) == engine.config.max_num_seqs
-    assert engine.overlap is None or engine.overlap.pending is None
+    assert getattr(engine.steps, "pending", None) is None
 
 
 def completions(outputs):
@@ -215,13 +214,13 @@ def count_overlapped_steps(monkeypatch) -> list[int]:
 def count_synchronous_steps(monkeypatch) -> list[str]:
     """The model of every synchronous step an overlapped engine runs."""
     models = []
-    original = LLMEngine.run_batch
+    original = OverlappedSteps.run_batch
 
     def counted(self, batch):
         models.append(batch.model)
         return original(self, batch)
 
-    monkeypatch.setattr(LLMEngine, "run_batch", counted)
+    monkeypatch.setattr(OverlappedSteps, "run_batch", counted)
     return models
 
 
@@ -246,7 +245,7 @@ def test_logits_processors_and_constraints_run_synchronously(model_dir, monkeypa
     check_released(llm.engine)
     synchronous.clear()
     llm.generate(PROMPTS[:3], SamplingParams(seed=0, max_tokens=8), use_tqdm=False)
-    assert not synchronous and not llm.engine.host_history_models
+    assert not synchronous and not llm.engine.requests.host_history_models
 
 
 def test_only_the_model_with_such_requests_runs_synchronously(tmp_path, monkeypatch):
@@ -285,10 +284,11 @@ def test_unfinished_requests_never_show_pending_tokens(model_dir):
                 assert c.token_ids[:len(part)] == part
         for request in engine.requests.values():
             for seq in request.seqs:
-                saw_pending |= PENDING_TOKEN in seq.token_ids
-                assert PENDING_TOKEN not in seq.output_token_ids
+                saw_pending |= seq.num_pending > 0
+                assert all(t >= 0 for t in seq.token_ids)
+                assert len(seq) == len(seq.token_ids) + seq.num_pending
     assert saw_pending  # the overlapped path really ran
-    assert all(PENDING_TOKEN not in p for parts in streamed.values() for p in parts)
+    assert all(t >= 0 for parts in streamed.values() for p in parts for t in p)
 
 
 def test_switching_needs_an_idle_engine(model_dir):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bare_engine import LLM, SamplingParams
-from bare_engine.attention import BACKEND_ENV, select_backend
+from bare_engine.model.layers.attention import BACKEND_ENV, select_backend
 from bare_engine.errors import ConfigError
 from tiny_models import make_model_dir
 
@@ -41,7 +41,7 @@ def test_env_variable_overrides_config(monkeypatch):
 
 def test_auto_on_cpu_is_torch_and_is_logged(monkeypatch, caplog):
     monkeypatch.delenv(BACKEND_ENV, raising=False)
-    with caplog.at_level(logging.INFO, logger="bare_engine.attention"):
+    with caplog.at_level(logging.INFO, logger="bare_engine.model.layers.attention"):
         assert select_backend("auto", torch.device("cpu")).name == "torch"
     assert "attention backend: torch" in caplog.text
 

@@ -6,7 +6,7 @@ On CPU they run through the Triton interpreter (tests/conftest.py), so shapes st
 import pytest
 import torch
 
-from bare_engine.errors import UnsupportedArchitectureError
+from bare_engine.kernels.errors import KernelInputError
 from bare_engine.kernels.attention import decode_attention, default_num_splits, prefill_attention, store_kv
 from bare_engine.kernels.attention_ref import decode_attention_ref, paged_attention_ref, store_kv_ref
 
@@ -209,8 +209,8 @@ def test_unsupported_head_shapes_raise():
     k_cache = torch.zeros(2, 16, 2, 512, device=DEVICE)
     tables = torch.zeros(1, 1, dtype=torch.int32, device=DEVICE)
     ctx = torch.ones(1, dtype=torch.int32, device=DEVICE)
-    with pytest.raises(UnsupportedArchitectureError, match="head_dim"):
+    with pytest.raises(KernelInputError, match="head_dim"):
         decode_attention(torch.zeros(1, 4, 512, device=DEVICE), k_cache, k_cache, tables, ctx, 1.0)
     k_cache = torch.zeros(2, 16, 2, 64, device=DEVICE)
-    with pytest.raises(UnsupportedArchitectureError, match="multiple"):
+    with pytest.raises(KernelInputError, match="multiple"):
         decode_attention(torch.zeros(1, 3, 64, device=DEVICE), k_cache, k_cache, tables, ctx, 1.0)

@@ -1,6 +1,6 @@
-from bare_engine.block_manager import BlockManager
+from bare_engine.engine.block_manager import BlockManager
 from bare_engine.sampling_params import SamplingParams
-from bare_engine.sequence import Sequence
+from bare_engine.engine.sequence import Sequence
 
 BS = 4
 

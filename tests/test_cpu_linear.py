@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from bare_engine.distributed.layers import CPU_SHORT_ROWS, CPU_WIDE_OUTPUT, linear
-from bare_engine.sampler import Sampler
+from bare_engine.model.layers.linear import CPU_SHORT_ROWS, CPU_WIDE_OUTPUT, linear
+from bare_engine.sample.sampler import Sampler
 from bare_engine.sampling_params import SamplingParams
-from bare_engine.sequence import Sequence
+from bare_engine.engine.sequence import Sequence
 
 
 @pytest.mark.parametrize("rows, out_features, bias", [

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from bare_engine.testing import make_tokenizer
-from bare_engine.tokenizer import Detokenizer, TokenBytes
+from bare_engine.engine.detokenizer import Detokenizer, TokenBytes
 
 
 @pytest.fixture(scope="module")

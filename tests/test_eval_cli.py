@@ -174,7 +174,7 @@ def test_eval_with_real_minilm(files, tmp_path):
 def test_eval_judge_runs_on_the_real_engine(files, tmp_path):
     from tiny_models import make_model_dir
 
-    pytest.importorskip("bare_engine.engine", reason="the engine is not built yet")
+    pytest.importorskip("bare_engine.engine.llm_engine", reason="the engine is not built yet")
     model = make_model_dir(tmp_path / "judge", "llama")
     reference = _write(tmp_path / "ref.jsonl", [{"question": f"real {i}", "answer": "#### 1"} for i in range(4)])
     repetitive = _write(tmp_path / "four.jsonl", [json.loads(line) for line in files[1].read_text().splitlines()[:4]])

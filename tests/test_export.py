@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from bare_engine.errors import ConfigError
 from bare_engine.eval.cli import export_command
-from bare_engine.export import export_records
+from bare_engine.eval.export import export_records
 
 # click < 8.2 mixes stderr into stdout unless told not to.
 _RUNNER_KW = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner).parameters else {}

@@ -3,7 +3,7 @@
 import pytest
 
 from bare_engine import LLM, EngineConfig, LLMEngine, SamplingParams
-from bare_engine.tokenizer import Detokenizer
+from bare_engine.engine.detokenizer import Detokenizer
 from tiny_models import make_model_dir, make_tokenizer
 
 PROMPTS = [[1, 40, 41, 42], [1, 100, 7], [1, 5, 6, 7, 8, 9, 10, 11]]

@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from bare_engine import gguf_import
+from bare_engine.model import gguf_import
 from bare_engine.errors import ModelLoadError, PackageDownloadError
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bare_engine import EngineConfig, LLMEngine, SamplingParams
-from bare_engine.sampler import COLUMNS
+from bare_engine.sample.sampler import COLUMNS
 from tiny_models import make_model_dir
 
 

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bare_engine.errors import CheckpointError, ModelLoadError
-from bare_engine.lora import LoraAdapter, is_lora_adapter
+from bare_engine.model.lora import LoraAdapter, is_lora_adapter
 from tiny_models import make_model_dir
 
 

@@ -104,7 +104,7 @@ def test_dict_and_list_flags(tmp_path):
         ('fields = ["a b"]\n', "must be a Python identifier"),
         ('mode = "refine"\n', "mode refine needs a candidates file"),
         ('engine = 3\n', "config key 'engine' must be a table of keys"),
-        ('[engine]\ndtype = "fp8"\n', "engine.dtype must be one of"),
+        ('[engine]\ndtype = "fp8"\n', "dtype must be auto or one of"),
         ("num = [\n", "cannot parse config file"),
     ],
 )

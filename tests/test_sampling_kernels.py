@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bare_engine.errors import InvalidSamplingParamsError
+from bare_engine.kernels.errors import KernelInputError
 from bare_engine.kernels import sampling as tri
 from bare_engine.kernels import sampling_ref as ref
 
@@ -538,22 +538,22 @@ def test_bad_parameters_are_rejected_before_any_kernel(impl, change, message, mo
     scalars = {k: v for k, v in change.items() if not isinstance(v, torch.Tensor)}
     tensors = {k: v for k, v in change.items() if isinstance(v, torch.Tensor)}
     params = dataclasses.replace(make_params(4, **scalars), **tensors)
-    with pytest.raises(InvalidSamplingParamsError, match=message):
+    with pytest.raises(KernelInputError, match=message):
         impl.sample(torch.zeros(4, 10), params)
 
 
 def test_bad_call_arguments_are_rejected():
     params = make_params(2)
     for impl in (ref, tri):
-        with pytest.raises(InvalidSamplingParamsError, match="num_logprobs"):
+        with pytest.raises(KernelInputError, match="num_logprobs"):
             impl.sample(torch.zeros(2, 10), params, None, 21)
-        with pytest.raises(InvalidSamplingParamsError, match="logits"):
+        with pytest.raises(KernelInputError, match="logits"):
             impl.sample(torch.zeros(2, 10, dtype=torch.int64), params)
         state = ref.PenaltyState(2, 11, "cpu")
-        with pytest.raises(InvalidSamplingParamsError, match="vocab"):
+        with pytest.raises(KernelInputError, match="vocab"):
             impl.sample(torch.zeros(2, 10), make_params(2, penalty_rows=torch.zeros(2, dtype=torch.int64)), state)
         rows = make_params(2, penalty_rows=torch.tensor([0, 5]))
-        with pytest.raises(InvalidSamplingParamsError, match="penalty_rows"):
+        with pytest.raises(KernelInputError, match="penalty_rows"):
             impl.sample(torch.zeros(2, 10), rows, ref.PenaltyState(2, 10, "cpu"))
 
 

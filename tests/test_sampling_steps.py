@@ -11,7 +11,7 @@ from bare_engine.errors import InvalidSamplingParamsError
 from bare_engine.kernels import sampling_ref as ref
 from bare_engine.kernels.top_n_sigma_ref import top_n_sigma
 from bare_engine.sampling_params import SamplingParams
-from bare_engine.sampling_steps import (
+from bare_engine.sample.sampling_steps import (
     SamplingStep,
     apply_steps,
     get_step,
@@ -19,7 +19,7 @@ from bare_engine.sampling_steps import (
     registered_steps,
     sample_with_steps,
 )
-from bare_engine.step_checks import _chi_square_p
+from bare_engine.testing.step_checks import _chi_square_p
 from bare_engine.testing import check_sampling_step
 
 
@@ -132,7 +132,7 @@ def test_apply_steps_in_the_order_given():
         return z
 
     z = torch.tensor([[0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 2.0, 3.0]])
-    from bare_engine.sampling_steps import _STEPS, register_step
+    from bare_engine.sample.sampling_steps import _STEPS, register_step
 
     register_step(SamplingStep("boost_first", boost_first))
     try:
@@ -160,7 +160,7 @@ def test_sampling_params_validate_steps():
 
 def test_a_step_named_by_module_and_attribute(tmp_path, monkeypatch):
     (tmp_path / "my_steps.py").write_text(
-        "from bare_engine.sampling_steps import SamplingStep\n"
+        "from bare_engine.sample.sampling_steps import SamplingStep\n"
         "halve = SamplingStep('halve', lambda z, v: z * v[:, None])\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert SamplingParams(sampling_steps={"my_steps:halve": 0.5}).sampling_steps == {"my_steps:halve": 0.5}

@@ -3,15 +3,14 @@
 import pytest
 import torch
 
-from bare_engine.attention import TorchBackend
-from bare_engine.config import load_model_config
+from bare_engine.model.layers.attention import TorchBackend
+from bare_engine.model.config import load_model_config
 from bare_engine.distributed.executor import TPExecutor
-from bare_engine.distributed.forward import allocate_kv_cache, run_forward
-from bare_engine.distributed.message import encode_step
+from bare_engine.worker.forward import allocate_kv_cache, run_forward
 from bare_engine.distributed.worker import KVPool, ModelLoad
-from bare_engine.input_batch import StepInputs, StepLayout
+from bare_engine.worker.input_batch import StepInputs, StepLayout
 from bare_engine.errors import ModelLoadError
-from bare_engine.loader import load_model
+from bare_engine.model.loader import load_model
 from tiny_models import make_model_dir
 
 CPU = torch.device("cpu")
@@ -70,7 +69,7 @@ def test_sharded_forward_equals_tp1(executor, tmp_path_factory):
         }
         steps = [_step(seqs, [0, 0], tables), _step([s + [7] for s in seqs], [len(s) for s in seqs], tables)]
         for step in steps:  # a prefill, then a decode on the cached K/V
-            executor.send_step(encode_step(index, step))
+            executor.send_step(index, step)
             again = StepInputs.from_buffer(step.buffer, step.layout)  # its own metadata (backends cache per-step plans there)
             with torch.inference_mode():
                 got = run_forward(shard, caches["shard"], backend, None, step.input_ids, step.positions, step.meta, step.logits_indices)
@@ -85,5 +84,5 @@ def test_worker_exception_is_raised_on_the_driver_with_its_rank(executor):
     with pytest.raises(ModelLoadError, match="tensor-parallel worker rank 1: model directory not found: /nonexistent/model"):
         executor.collect("load")
     with pytest.raises(ModelLoadError, match="rank 1"):  # every later call, and the worker is gone
-        executor.send_step(b"")
+        executor.send_step(0, None)
     assert not executor.procs[0].is_alive()

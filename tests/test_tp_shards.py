@@ -4,12 +4,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bare_engine import loader
-from bare_engine.config import EngineConfig, load_model_config
-from bare_engine.input_batch import StepInputs, StepLayout
+from bare_engine.model import loader
+from bare_engine.config import EngineConfig
+from bare_engine.model.config import load_model_config
+from bare_engine.worker.input_batch import StepInputs, StepLayout
 from bare_engine.distributed.message import decode_step, encode_step
 from bare_engine.errors import ConfigError
-from bare_engine.lora import LoraAdapter
+from bare_engine.model.lora import LoraAdapter
 from tiny_models import make_model_dir
 
 CPU = torch.device("cpu")

@@ -21,6 +21,7 @@ import torch
 import torch.multiprocessing
 
 from bare_engine.distributed.group import COLLECTIVE_TIMEOUT, create_store, join_group
+from bare_engine.distributed.message import encode_step
 from bare_engine.distributed.worker import COMMAND, STEP, KVPool, ModelLoad, WorkerSettings, worker_main
 from bare_engine.errors import BareEngineError, TensorParallelError
 
@@ -86,6 +87,10 @@ class TPExecutor:
             except OSError:
                 raise self._worker_failed(rank, self._death(rank)) from None
 
+    def collect_loaded(self) -> list:
+        """Wait for every worker to load its shards; each one's free device memory afterwards."""
+        return self.collect("load", LOAD_TIMEOUT_S)
+
     def collect(self, what: str, timeout_s: float = COMMAND_TIMEOUT_S) -> list:
         """Each worker's reply to the last command, in rank order."""
         return [self._reply(rank, what, timeout_s) for rank in range(1, self.size)]
@@ -110,10 +115,10 @@ class TPExecutor:
 
     # ----- steps --------------------------------------------------------------------------
 
-    def send_step(self, data: bytes) -> None:
-        """Hand one step (``message.encode_step``) to every worker; the driver then runs its own share."""
+    def send_step(self, model_index: int, inputs) -> None:
+        """Hand one step's ``StepInputs`` of model ``model_index`` to every worker; the driver then runs its own share."""
         self._check()
-        message = STEP + data
+        message = STEP + encode_step(model_index, inputs)
         for rank, conn in enumerate(self.conns, start=1):
             try:
                 conn.send_bytes(message)

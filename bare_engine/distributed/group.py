@@ -21,22 +21,6 @@ COLLECTIVE_TIMEOUT = timedelta(seconds=20)
 RENDEZVOUS_TIMEOUT = timedelta(seconds=120)
 
 
-class SingleRank:
-    """tensor_parallel_size 1: every collective is the identity."""
-
-    rank = 0
-    size = 1
-
-    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-SINGLE_RANK = SingleRank()
-
-
 class TPGroup:
     """One rank's view of the engine's process group."""
 

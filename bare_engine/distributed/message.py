@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from bare_engine.input_batch import StepInputs, StepLayout
+from bare_engine.worker.input_batch import StepInputs, StepLayout
 
 KIND_STEP = 1
 # Tensor parallel runs synchronous steps (overlap.py), so a worker's step never has pending tokens.

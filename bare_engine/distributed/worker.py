@@ -105,7 +105,7 @@ def _exit(code: int) -> None:
 
 class _Worker:
     def __init__(self, settings: WorkerSettings, conn):
-        from bare_engine.attention import select_backend
+        from bare_engine.model.layers.attention import select_backend
         from bare_engine.distributed.group import connect_store, join_group
 
         self.settings = settings
@@ -131,9 +131,9 @@ class _Worker:
 
     def do_load(self, loads: list[ModelLoad]) -> int | None:
         """Load this rank's shard of each model; reply with the device's free memory (CUDA)."""
-        from bare_engine.config import load_model_config
-        from bare_engine.loader import load_model
-        from bare_engine.lora import resolve_model_source
+        from bare_engine.model.config import load_model_config
+        from bare_engine.model.loader import load_model
+        from bare_engine.model.source import resolve_model_source
 
         for load in loads:
             source = resolve_model_source(load.spec)
@@ -150,7 +150,7 @@ class _Worker:
 
     def do_kv(self, payload: tuple[list[KVPool], list[int] | None]) -> None:
         """Allocate each pool's blocks with this rank's KV heads; capture decode graphs in the driver's order."""
-        from bare_engine.distributed.forward import allocate_kv_cache
+        from bare_engine.worker.forward import allocate_kv_cache
 
         pools, graph_sizes = payload
         for pool in pools:
@@ -169,7 +169,7 @@ class _Worker:
         return self.shards[self.names.index(name)]
 
     def _capture(self, shard: _Shard, sizes: list[int], block_size: int):
-        from bare_engine.cuda_graphs import DecodeGraphs
+        from bare_engine.worker.cuda_graphs import DecodeGraphs
 
         if self.device.type != "cuda" or self.backend.name == "torch":
             return None
@@ -182,7 +182,7 @@ class _Worker:
 
     @torch.inference_mode()
     def step(self, data: bytes) -> None:
-        from bare_engine.distributed.forward import run_forward
+        from bare_engine.worker.forward import run_forward
         from bare_engine.distributed.message import decode_step
 
         model_index, inputs = decode_step(data, self.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from bare_engine.user_code import import_object
+from bare_engine.utils.user_code import import_object
 
 Check = Callable[[dict[str, str]], bool]
 

@@ -17,7 +17,7 @@ from bare_engine.eval.embed import load_embedder
 from bare_engine.eval.judge import DEFAULT_K, build_trials, run_judge
 from bare_engine.eval.records import fields_text
 from bare_engine.eval.report import diversity_report, format_table, load_examples, plot_histograms
-from bare_engine.export import FORMATS, export_records
+from bare_engine.eval.export import FORMATS, export_records
 
 
 def one_line_errors(command):

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from bare_engine.errors import ConfigError
-from bare_engine.jsonl import read_jsonl_rows
+from bare_engine.utils.jsonl import read_jsonl_rows
 
 STAGES = ("refine", "instruct", "base")  # fallbacks when a record has no final `fields`
 FIELD_ALIASES = {"refined": "refine"}

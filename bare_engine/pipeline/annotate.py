@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import Callable
 
 from bare_engine.errors import ConfigError
-from bare_engine.lora import ModelSpec, is_lora_adapter, resolve_model_source
+from bare_engine.model.source import ModelSpec, resolve_model_source
+from bare_engine.model.lora import is_lora_adapter
 from bare_engine.pipeline.annotate_prompt import AnnotatePrompt, label_token_ids, match_label
 from bare_engine.pipeline.config import STAGE_MODEL, PipelineConfig
-from bare_engine.jsonl import read_jsonl_rows
+from bare_engine.utils.jsonl import read_jsonl_rows
 from bare_engine.pipeline.seeds import Example, _fields, load_seeds
 from bare_engine.pipeline.stages import Candidate, StagePlanner, derive_seed, request_id
 from bare_engine.sampling_params import SamplingParams
-from bare_engine.tokenizer import load_tokenizer
+from bare_engine.model.tokenizer import load_tokenizer
 
 STAGE = "annotate"
 

@@ -90,7 +90,7 @@ def _step_overrides(items: tuple[str, ...]) -> dict[str, object]:
     if not items:
         return {}
     from bare_engine.pipeline.config import SamplingSection
-    from bare_engine.sampling_steps import parse_step_assignments
+    from bare_engine.sample.sampling_steps import parse_step_assignments
 
     steps = parse_step_assignments(items)
     return {f"sampling.{f.name}.sampling_steps": steps for f in dataclasses.fields(SamplingSection)}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from bare_engine.config import EngineConfig, engine_options, setting_types
 from bare_engine.errors import ConfigError, InvalidSamplingParamsError
 from bare_engine.pipeline.annotate_prompt import DEFAULT_ANNOTATE_TEMPLATE, DEFAULT_STOP, validate_annotate
 from bare_engine.pipeline.presets import preset_file
@@ -28,7 +29,6 @@ from bare_engine.sampling_params import SamplingParams
 
 MODES = ("bare", "base", "instruct", "refine", "annotate")
 SEED_ORDERS = ("fixed", "shuffle")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 INPUT_PATH_KEYS = ("base", "instruct", "seeds", "candidates", "teacher", "teacher_base", "input", "grounding")
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
 
@@ -65,24 +65,18 @@ class SamplingSection:
     annotate: StageSampling = field(default_factory=lambda: StageSampling(temperature=0.0, max_tokens=256))
 
 
-@dataclass
-class EngineSection:
-    """EngineConfig fields the pipeline passes through (the engine seed is the run seed)."""
+def _engine_section() -> type:
+    """The ``[engine]`` section: EngineConfig's settings that are options (bare_engine/config.py), with
+    their defaults (the engine seed is the run seed)."""
+    types = setting_types()
+    fields = [(f.name, types[f.name], field(default=f.default, metadata=f.metadata)) for f in engine_options()]
+    section = dataclasses.make_dataclass("EngineSection", fields)
+    section.__module__ = __name__
+    section.__doc__ = "EngineConfig settings the pipeline passes through (the engine seed is the run seed)."
+    return section
 
-    dtype: str = "auto"
-    device: str = "auto"
-    block_size: int = 16
-    num_kv_blocks: int | None = None
-    gpu_memory_utilization: float = 0.9
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    max_model_len: int | None = None
-    enable_prefix_caching: bool = True
-    attention_backend: str = "auto"
-    kv_split_ratio: float = 0.5
-    enforce_eager: bool = False
-    tensor_parallel_size: int = 1  # GPUs (cuda:0..N-1) both models are sharded over
-    async_scheduling: bool | None = None  # overlapped steps (bare_engine/overlap.py); null: on for CUDA
+
+EngineSection = _engine_section()
 
 
 @dataclass
@@ -318,10 +312,7 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError("mode refine needs a candidates file (set 'candidates' or --candidates)")
     if not cfg.out:
         raise ConfigError("out must be a file path")
-    if cfg.engine.dtype not in DTYPES:
-        raise ConfigError(f"engine.dtype must be one of {', '.join(DTYPES)}, got {cfg.engine.dtype!r}")
-    if cfg.engine.max_num_seqs < 1:
-        raise ConfigError(f"engine.max_num_seqs must be >= 1, got {cfg.engine.max_num_seqs}")
+    engine_config(cfg)  # EngineConfig checks the engine section's values
     unknown = [f for f in cfg.grounding_fields if f not in cfg.fields]
     if unknown:
         raise ConfigError(f"grounding_fields names {unknown[0]!r}, which is not one of the fields {cfg.fields}")
@@ -342,12 +333,15 @@ RESUME_FREE_KEYS = {
     "num", "out", "progress", "max_in_flight", "max_candidates", "preset",
     "data_parallel", "ray_address",
     "base", "instruct", "seeds", "candidates", "teacher", "teacher_base", "input",
-    "engine.num_kv_blocks", "engine.gpu_memory_utilization", "engine.max_num_seqs",
-    "engine.max_num_batched_tokens", "engine.enable_prefix_caching", "engine.kv_split_ratio",
-    "engine.enforce_eager", "engine.tensor_parallel_size", "engine.async_scheduling",
+    *(f"engine.{f.name}" for f in engine_options() if f.metadata["resume_free"]),
 }
 # Keys only annotate mode reads: part of its resume key only (older manifests lack them).
 ANNOTATE_KEYS = {"input_fields", "label_field", "labels", "annotate_template", "annotate_example", "stop"}
+
+
+def engine_config(cfg: PipelineConfig) -> EngineConfig:
+    """The run's EngineConfig: the [engine] section, seeded with the run seed."""
+    return EngineConfig(**dataclasses.asdict(cfg.engine), seed=cfg.seed)
 
 
 def resume_key(cfg: PipelineConfig) -> dict[str, object]:

@@ -10,22 +10,22 @@ from typing import Callable
 
 from bare_engine.errors import ConfigError
 from bare_engine.pipeline.annotate import prepare_annotate, teacher_spec
-from bare_engine.pipeline.config import PipelineConfig
+from bare_engine.pipeline.config import PipelineConfig, engine_config
 from bare_engine.pipeline.manifest import build_manifest, check_resume, read_manifest, write_manifest
 from bare_engine.pipeline.progress import Progress
 from bare_engine.pipeline.records import ExistingOutput, RecordWriter, check_writable, read_output
 from bare_engine.pipeline.runner import PipelineRunner, RunResult
 from bare_engine.pipeline.seeds import load_candidates, load_seeds
 from bare_engine.pipeline.stages import StagePlanner
-from bare_engine.tokenizer import load_tokenizer
+from bare_engine.model.tokenizer import load_tokenizer
 
 CHAT_STAGES = ("refine", "instruct")
 
 
 def build_engine(cfg: PipelineConfig):
-    from bare_engine import EngineConfig, LLMEngine
+    from bare_engine import LLMEngine
 
-    engine_cfg = EngineConfig(**dataclasses.asdict(cfg.engine), seed=cfg.seed)
+    engine_cfg = engine_config(cfg)
     models = {name: cfg.model_path(name) for name in cfg.model_names}
     if cfg.mode == "annotate":
         models["teacher"] = teacher_spec(cfg)  # a LoRA adapter teacher is merged into its base

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bare_engine.errors import ConfigError
-from bare_engine.jsonl import read_jsonl_rows
+from bare_engine.utils.jsonl import read_jsonl_rows
 
 
 @dataclass(frozen=True)

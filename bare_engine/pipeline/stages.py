@@ -14,7 +14,7 @@ from typing import Callable
 
 from bare_engine.pipeline.config import STAGE_MODEL, PipelineConfig
 from bare_engine.pipeline.seeds import Example, load_grounding
-from bare_engine.prompts import render_chat
+from bare_engine.engine.prompts import render_chat
 from bare_engine.sampling_params import SamplingParams
 
 

@@ -10,7 +10,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 
-from bare_engine.generation_defaults import generation_overrides
+from bare_engine.model.generation_defaults import generation_overrides
 from bare_engine.serve import engine_view
 from bare_engine.serve.protocol import APIError, bad_request
 

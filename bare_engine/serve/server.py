@@ -67,7 +67,7 @@ def run_server(models: dict[str, str], config, host: str = "127.0.0.1", port: in
         except ImportError as exc:
             raise ConfigError(f"bare-engine serve needs the serve extra (pip install 'bare-engine[serve]'): {exc}") \
                 from None
-        from bare_engine.engine import LLMEngine
+        from bare_engine.engine.llm_engine import LLMEngine
 
         with LLMEngine(models, config) as engine:  # exiting stops tensor-parallel workers
             app = create_app(engine, api_key=api_key, max_waiting=max_waiting, generation_config=generation_config)

@@ -1,0 +1,1 @@
+"""`bare-engine bench`: throughput of the engine against transformers, and decode-step measurements."""

@@ -1,0 +1,1 @@
+"""The model: config, decoder, weight loading, LoRA, sources, tokenizer, GGUF import, layers."""

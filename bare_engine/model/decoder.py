@@ -1,0 +1,177 @@
+"""The decoder-only transformer shared by Llama, Mistral, Qwen2 and Qwen3.
+
+Works on a flat batch of tokens (no padding): ``input_ids`` and ``positions`` are
+``[num_tokens]`` and attention reads/writes the paged KV cache through the
+attention backend and the step's ``AttentionMetadata``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bare_engine.model.layers.attention import AttentionBackend, AttentionMetadata
+from bare_engine.model.config import ModelConfig
+from bare_engine.model.layers.linear import SINGLE_RANK
+from bare_engine.model.layers.linear import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    empty_parameter,
+    even_piece,
+    head_piece,
+    linear,
+    padded_piece,
+)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = empty_parameter(dim)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 and cast back before the weight, as transformers does.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, config: ModelConfig, max_positions: int):
+        super().__init__()
+        inv_freq = config.inv_freq()
+        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", freqs.cos(), persistent=False)
+        self.register_buffer("sin", freqs.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` ``[N, heads, head_dim]`` by its token positions (rotate-half layout)."""
+        cos = self.cos[positions].unsqueeze(1).to(x.dtype)
+        sin = self.sin[positions].unsqueeze(1).to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class Attention(nn.Module):
+    """This rank's query heads and KV heads (KV heads replicated when there are fewer than ranks)."""
+
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, group):
+        super().__init__()
+        self.head_dim = config.head_dim
+        q = even_piece(config.num_heads * self.head_dim, group)
+        kv = head_piece(config.num_kv_heads, self.head_dim, group)
+        self.q_size, self.kv_size = q.rows, kv.rows
+        self.num_heads = self.q_size // self.head_dim
+        self.num_kv_heads = self.kv_size // self.head_dim
+        self.scale = self.head_dim**-0.5
+        self.qkv_proj = ColumnParallelLinear(config.hidden_size, [q, kv, kv], bias=config.qkv_bias)
+        self.o_proj = RowParallelLinear(q, config.hidden_size, group, bias=config.o_bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.qk_norm = config.qk_norm
+        self.rotary = rotary
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        backend: AttentionBackend,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        qkv = self.qkv_proj(x)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.reshape(-1, self.num_heads, self.head_dim)
+        k = k.reshape(-1, self.num_kv_heads, self.head_dim)
+        v = v.reshape(-1, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(positions, q), self.rotary(positions, k)
+        out = backend.forward(q, k, v, kv_cache, meta, self.scale)
+        return self.o_proj(out.reshape(-1, self.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig, group):
+        super().__init__()
+        inner = even_piece(config.intermediate_size, group)
+        self.gate_up_proj = ColumnParallelLinear(config.hidden_size, [inner, inner], bias=config.mlp_bias)
+        self.down_proj = RowParallelLinear(inner, config.hidden_size, group, bias=config.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, group):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, rotary, group)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config, group)
+
+    def forward(self, x, positions, kv_cache, backend, meta):
+        x = x + self.self_attn(self.input_layernorm(x), positions, kv_cache, backend, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class CausalLM(nn.Module):
+    """Checkpoint names map onto these modules one to one, except q/k/v -> qkv_proj and gate/up -> gate_up_proj.
+
+    ``group`` is the tensor-parallel rank this copy is (``SINGLE_RANK``: the whole model); see
+    ``bare_engine/distributed/layers.py`` for the layout.
+    """
+
+    # HF sub-module name -> (fused module name, shard index)
+    packed_modules = {
+        "q_proj": ("qkv_proj", 0),
+        "k_proj": ("qkv_proj", 1),
+        "v_proj": ("qkv_proj", 2),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(self, config: ModelConfig, max_positions: int, group=SINGLE_RANK):
+        super().__init__()
+        self.config = config
+        self.group = group
+        rotary = RotaryEmbedding(config, max_positions)
+        self.model = nn.Module()
+        self.model.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, group)
+        self.model.layers = nn.ModuleList(DecoderLayer(config, rotary, group) for _ in range(config.num_layers))
+        self.model.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = rotary
+        if not config.tie_word_embeddings:
+            self.lm_head = ColumnParallelLinear(config.hidden_size, [padded_piece(config.vocab_size, group)])
+
+    @property
+    def num_kv_heads(self) -> int:
+        """KV heads this rank caches."""
+        return self.model.layers[0].self_attn.num_kv_heads
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        backend: AttentionBackend,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        x = self.model.embed_tokens(input_ids)
+        for layer, kv_cache in zip(self.model.layers, kv_caches):
+            x = layer(x, positions, kv_cache, backend, meta)
+        return self.model.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Float32 logits over the whole vocabulary on rank 0 (gathered from the ranks' shares); None elsewhere."""
+        weight = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+        logits = self.group.gather(linear(hidden, weight))  # on the CPU a transposed view
+        if logits is None:
+            return None
+        return logits[:, : self.config.vocab_size].float()
+

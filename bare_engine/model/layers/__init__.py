@@ -1,0 +1,1 @@
+"""Layers over the paged KV cache and the tensor-parallel linears."""

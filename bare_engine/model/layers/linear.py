@@ -1,0 +1,190 @@
+"""Linear and embedding layers in Megatron's tensor-parallel layout, and where each rank's slice of a checkpoint tensor lies.
+
+- ``ColumnParallelLinear``: output rows split over the ranks (fused q/k/v, gate/up, the LM head);
+  no communication.
+- ``RowParallelLinear``: input columns split (o_proj, down_proj); one all-reduce of the partial
+  sums, then the bias once.
+- ``VocabParallelEmbedding``: vocabulary rows split; each rank looks up the ids it holds and the
+  all-reduce fills in the rest. The vocabulary is padded up to a multiple of the ranks (zero rows;
+  their logits are cut off after the gather).
+
+With one rank (``SINGLE_RANK``) every layer reads the whole tensor and computes exactly what a
+plain ``F.linear`` / ``F.embedding`` does (``linear`` is F.linear, in the CPU's faster orientation
+for short inputs). Each layer answers ``placement(leaf, shard)``: which part
+of a checkpoint tensor this rank reads and where in its parameter it goes, so the loader reads
+only its slices (``safe_open(...).get_slice``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class SingleRank:
+    """tensor_parallel_size 1: every collective is the identity."""
+
+    rank = 0
+    size = 1
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+SINGLE_RANK = SingleRank()
+
+
+# On the CPU, x @ W^T for a few rows of x (a decode step) runs up to 1.7x faster in sgemm as
+# (W @ x^T)^T, and so does any short input against a wide output such as the LM head (2 EPYC
+# cores, 32 rows: 32000x384 in 15 ms instead of 25 ms; 2048x384 in 0.47 ms instead of 0.70 ms).
+CPU_SHORT_ROWS = 64
+CPU_WIDE_OUTPUT = 4096
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``. On the CPU, for a 2-D ``x`` of few rows or a wide ``weight``, it is
+    computed as ``(weight @ x.T).T`` and returned as that transposed view (callers that need
+    contiguous rows make them)."""
+    if x.device.type == "cpu" and x.dim() == 2 and (x.shape[0] <= CPU_SHORT_ROWS or weight.shape[0] >= CPU_WIDE_OUTPUT):
+        y = torch.mm(weight, x.t()).t()
+        return y if bias is None else y + bias
+    return F.linear(x, weight, bias)
+
+
+def empty_parameter(*shape: int) -> nn.Parameter:
+    # Weights come from the checkpoint: skip random initialisation.
+    return nn.Parameter(torch.empty(*shape), requires_grad=False)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """This rank's share of one checkpoint tensor along its split dimension."""
+
+    full: int  # the checkpoint tensor's size along the split dimension
+    start: int  # first index this rank reads
+    length: int  # how many it reads
+    rows: int  # how many the parameter holds (> length: zero padding)
+
+    @classmethod
+    def whole(cls, size: int) -> "Piece":
+        return cls(size, 0, size, size)
+
+    @property
+    def index(self) -> slice:
+        return slice(self.start, self.start + self.length)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one checkpoint tensor's slice goes: ``param[offset:offset + n]`` <- ``tensor[index]``."""
+
+    offset: int
+    index: tuple[slice, ...]
+    full_shape: tuple[int, ...]
+
+
+def even_piece(total: int, group) -> Piece:
+    """An even split of ``total`` (the caller checked that it divides)."""
+    per = total // group.size
+    return Piece(total, group.rank * per, per, per)
+
+
+def padded_piece(total: int, group) -> Piece:
+    """A split of ``total`` into equal shares, the last ones padded (the vocabulary)."""
+    per = -(-total // group.size)
+    start = min(group.rank * per, total)
+    return Piece(total, start, min(per, total - start), per)
+
+
+def heads_per_rank(num_heads: int, size: int) -> int:
+    """An even split, or one replicated head when there are fewer heads than ranks."""
+    return max(1, num_heads // size)
+
+
+def head_piece(num_heads: int, head_dim: int, group) -> Piece:
+    """This rank's heads (see ``heads_per_rank``)."""
+    local = heads_per_rank(num_heads, group.size)
+    first = group.rank * num_heads // group.size
+    return Piece(num_heads * head_dim, first * head_dim, local * head_dim, local * head_dim)
+
+
+class ColumnParallelLinear(nn.Module):
+    """``y = x W^T + b`` for this rank's output rows; ``pieces`` are the fused checkpoint tensors' shares."""
+
+    def __init__(self, in_features: int, pieces: list[Piece], bias: bool = False):
+        super().__init__()
+        self.in_features = in_features
+        self.pieces = pieces
+        out = sum(p.rows for p in pieces)
+        padded = any(p.rows > p.length for p in pieces)
+        self.weight = nn.Parameter(torch.zeros(out, in_features), requires_grad=False) if padded else empty_parameter(out, in_features)
+        self.bias = empty_parameter(out) if bias else None
+
+    @property
+    def output_sizes(self) -> list[int]:
+        return [p.rows for p in self.pieces]
+
+    def placement(self, leaf: str, shard: int | None) -> Placement:
+        piece = self.pieces[shard or 0]
+        offset = sum(p.rows for p in self.pieces[: shard or 0])
+        if leaf == "bias":
+            return Placement(offset, (piece.index,), (piece.full,))
+        return Placement(offset, (piece.index, slice(None)), (piece.full, self.in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+class RowParallelLinear(nn.Module):
+    """``y = sum over ranks of x_r W_r^T, + b``: this rank holds the columns of its input share."""
+
+    def __init__(self, in_piece: Piece, out_features: int, group, bias: bool = False):
+        super().__init__()
+        self.in_piece = in_piece
+        self.out_features = out_features
+        self.group = group
+        self.weight = empty_parameter(out_features, in_piece.rows)
+        self.bias = empty_parameter(out_features) if bias else None
+
+    def placement(self, leaf: str, shard: int | None) -> Placement:
+        if leaf == "bias":
+            return Placement(0, (slice(None),), (self.out_features,))
+        return Placement(0, (slice(None), self.in_piece.index), (self.out_features, self.in_piece.full))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.group.size == 1:
+            return linear(x, self.weight, self.bias)
+        y = self.group.all_reduce(linear(x, self.weight).contiguous())
+        return y if self.bias is None else y + self.bias
+
+
+class VocabParallelEmbedding(nn.Module):
+    def __init__(self, vocab_size: int, dim: int, group):
+        super().__init__()
+        self.piece = padded_piece(vocab_size, group)
+        self.dim = dim
+        self.group = group
+        padded = self.piece.rows > self.piece.length
+        rows = self.piece.rows
+        self.weight = nn.Parameter(torch.zeros(rows, dim), requires_grad=False) if padded else empty_parameter(rows, dim)
+
+    def placement(self, leaf: str, shard: int | None) -> Placement:
+        return Placement(0, (self.piece.index, slice(None)), (self.piece.full, self.dim))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.group.size == 1:
+            return F.embedding(input_ids, self.weight)
+        local = input_ids - self.piece.start
+        outside = (local < 0) | (local >= self.piece.length)
+        x = F.embedding(local.masked_fill(outside, 0), self.weight)
+        return self.group.all_reduce(x.masked_fill_(outside.unsqueeze(-1), 0))
+
+
+def replicated_placement(shape: tuple[int, ...]) -> Placement:
+    return Placement(0, tuple(slice(None) for _ in shape), tuple(shape))

@@ -1,0 +1,1 @@
+"""Sampling: the sampler, named sampling steps, logits processors and token constraints."""

@@ -1,0 +1,1 @@
+"""Runs one model on its device: persistent batch state, the forward call, CUDA graphs."""
