@@ -108,25 +108,6 @@ def generate(model, prompts, as_json, **kwargs):
 
 
 @main.command()
-@click.option("--workload", type=click.Choice(["fixed", "variable", "both", "nanovllm"]), default="both",
-              show_default=True, help="nanovllm: 256 requests, prompt and output lengths uniform in 100-1024.")
-@click.option("--num-requests", type=int, default=64, show_default=True)
-@click.option("--preset", type=click.Choice(["cpu-50m", "tiny", "qwen3-0.6b"]), default="cpu-50m", show_default=True,
-              help="Random-weight model shape to benchmark.")
-@click.option("--no-baseline", is_flag=True, help="Skip the transformers generate() baseline.")
-@click.option("--out", "out_dir", type=click.Path(), default="benchmarks/results", show_default=True)
-@engine_options
-def bench(workload, num_requests, preset, no_baseline, out_dir, **kwargs):
-    """Throughput of the engine vs transformers generate() on the same model and requests (writes JSON)."""
-    from bare_engine.bench.throughput import run_throughput_benchmark
-
-    config = engine_config_from(kwargs)
-    workloads = ["fixed", "variable"] if workload == "both" else [workload]
-    path = run_throughput_benchmark(preset, workloads, num_requests, config, not no_baseline, out_dir)
-    click.echo(f"wrote {path}")
-
-
-@main.command()
 @click.option("--base", type=click.Path(), default=None, help="Base model directory, served as 'base'.")
 @click.option("--instruct", type=click.Path(), default=None, help="Instruct model directory, served as 'instruct'.")
 @click.option("--model", "named_models", multiple=True, metavar="NAME=DIR", help="Serve DIR as NAME; repeatable.")
@@ -155,10 +136,11 @@ def serve(base, instruct, named_models, host, port, api_key, max_waiting, shutdo
 
 def _register_feature_commands() -> None:
     """Commands that live beside their feature's code."""
+    from bare_engine.bench.cli import bench
     from bare_engine.eval.cli import eval_command, export_command
     from bare_engine.pipeline.cli import run_command
 
-    for command in (run_command, eval_command, export_command):
+    for command in (run_command, eval_command, export_command, bench):
         main.add_command(command)
 
 

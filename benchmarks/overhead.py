@@ -22,7 +22,7 @@ step includes add_request for the new prompts) and profiles more steps with cPro
 ``--baseline-rev REV`` extracts REV's ``bare_engine`` and ``kernels`` into a temporary
 directory and runs the same cases against it in a subprocess, so both sets of numbers come
 from one run on the same machine; the report gives their ratio. ``--async-scheduling both``
-runs each case with overlapped steps (overlap.py) off and on: on a CPU nothing overlaps, so this
+runs each case with overlapped steps (engine/steps.py) off and on: on a CPU nothing overlaps, so this
 measures the overlapped loop's own host cost (the gain needs a GPU: benchmarks/decode_step.py).
 Results: benchmarks/results/overhead_<device>.json.
 """

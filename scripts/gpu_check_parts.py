@@ -66,7 +66,7 @@ def read_json(path: Path) -> dict:
 
 def cuda_test_files() -> list[str]:
     """Test files holding a CUDA-marked test (so collection never imports unrelated test modules)."""
-    return sorted(f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
                   if "pytest.mark.cuda" in p.read_text(encoding="utf-8"))
 
 

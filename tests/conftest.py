@@ -13,13 +13,18 @@ if not torch.cuda.is_available():
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+# Markers of the slow groups; each of their tests is also marked ``slow`` (``pytest -m "not slow"``).
+SLOW_GROUPS = ("tp", "ray", "cli", "interpreter", "cuda")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` (scripts/gpu_check.sh runs them with ``-m cuda``) skip without a GPU."""
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    """Slow groups are also ``slow``; tests marked ``cuda`` (scripts/gpu_check.sh runs them with
+    ``-m cuda``) skip without a GPU."""
+    skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if item.get_closest_marker("cuda"):
+        if any(item.get_closest_marker(group) for group in SLOW_GROUPS):
+            item.add_marker(pytest.mark.slow)
+        if skip is not None and item.get_closest_marker("cuda"):
             item.add_marker(skip)
 
 

@@ -16,7 +16,7 @@ import torch
 from bare_engine.worker.input_batch import StepInputs, StepLayout
 
 KIND_STEP = 1
-# Tensor parallel runs synchronous steps (overlap.py), so a worker's step never has pending tokens.
+# Tensor parallel runs synchronous steps (engine/steps.py), so a worker's step never has pending tokens.
 _LAYOUT_FIELDS = [f.name for f in dataclasses.fields(StepLayout) if f.name != "num_pending"]
 _HEADER = 2 + len(_LAYOUT_FIELDS)
 

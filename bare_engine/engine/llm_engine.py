@@ -38,10 +38,15 @@ class LLMEngine:
         policy=None,
     ):
         self.config = config or EngineConfig()
-        self.loaded: LoadedModels = load_models(models, self.config)
-        self.tp = self.loaded.tp
+        loaded = load_models(models, self.config)
+        self.loaded: LoadedModels = loaded
+        self.tp = loaded.tp
+        self.device, self.dtype, self.backend = loaded.device, loaded.dtype, loaded.backend
+        self.sources = loaded.sources  # model name -> its weights and tokenizer directories
+        self.runners, self.tokenizers, self.eos_ids = loaded.runners, loaded.tokenizers, loaded.eos_ids
+        self.max_model_len: dict[str, int] = loaded.max_model_len
         try:
-            pools = allocate_pools(self.config, self.loaded)
+            pools = allocate_pools(self.config, loaded)
         except BaseException:
             self.shutdown()
             raise
@@ -54,40 +59,6 @@ class LLMEngine:
         self.intake = RequestIntake(self.tokenizers, vocab, self.max_model_len, self.eos_ids, self.config.seed)
         self.outputs = OutputProcessor(self.scheduler, self.requests, self.eos_ids)
         self.steps: SynchronousSteps = self._make_steps(self.config.resolve_async_scheduling(self.device))
-
-    # ----- what was loaded ------------------------------------------------------------------
-
-    @property
-    def device(self):
-        return self.loaded.device
-
-    @property
-    def dtype(self):
-        return self.loaded.dtype
-
-    @property
-    def backend(self):
-        return self.loaded.backend
-
-    @property
-    def sources(self):
-        return self.loaded.sources
-
-    @property
-    def runners(self):
-        return self.loaded.runners
-
-    @property
-    def tokenizers(self):
-        return self.loaded.tokenizers
-
-    @property
-    def max_model_len(self) -> dict[str, int]:
-        return self.loaded.max_model_len
-
-    @property
-    def eos_ids(self) -> dict[str, set[int]]:
-        return self.loaded.eos_ids
 
     @property
     def model_names(self) -> list[str]:

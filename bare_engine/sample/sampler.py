@@ -11,7 +11,7 @@ with one numpy index per column group. A new per-row parameter is one more entry
 ``COLUMNS``. The penalty statistics are kept on the device, one slot per row.
 
 ``sample`` returns a ``DeviceSample``: the tokens stay on the device (an overlapped next
-step reads them there, see overlap.py) while their copy to the host is under way, and
+step reads them there, see engine/steps.py) while their copy to the host is under way, and
 ``to_host`` waits for it. Parameters reach the device through pinned, non-blocking copies,
 so sampling queues behind the forward pass instead of waiting for it.
 """
