@@ -7,6 +7,7 @@ from bare_engine.llm import LLM
 from bare_engine.model.source import ModelSpec
 from bare_engine.outputs import CompletionOutput, RequestOutput
 from bare_engine.sampling_params import SamplingParams
+from bare_engine.structured import StructuredOutputsParams
 
 __version__ = "0.1.0"
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "EngineConfig",
     "ModelSpec",
     "SamplingParams",
+    "StructuredOutputsParams",
     "RequestOutput",
     "CompletionOutput",
     "BareEngineError",

@@ -119,19 +119,29 @@ def generate(model, prompts, as_json, **kwargs):
               help="Waiting sequences allowed; past it new requests get a 503.")
 @click.option("--shutdown-timeout", type=float, default=30.0, show_default=True,
               help="Seconds in-flight requests get to finish on SIGTERM before they are aborted.")
+@click.option("--max-body-bytes", type=int, default=16 * 1024 * 1024, show_default=True,
+              help="Largest request body; larger ones get a 413 before they are read.")
+@click.option("--max-prompt-chars", type=int, default=1_000_000, show_default=True,
+              help="Longest prompt text (all prompts or messages of a request); longer ones get a 400 "
+                   "before tokenizing.")
+@click.option("--limit-concurrency", type=int, default=1024, show_default=True,
+              help="Open connections served at once; past it new ones get a 503.")
 @click.option("--log-level", default="info", show_default=True, help="uvicorn's log level.")
 @click.option("--generation-config", type=click.Choice(["auto", "vllm"]), default="auto", show_default=True,
               help="auto: sampling fields a request leaves unset come from the model's generation_config.json; "
                    "vllm: SamplingParams' own defaults.")
 @engine_options
-def serve(base, instruct, named_models, host, port, api_key, max_waiting, shutdown_timeout, log_level,
-          generation_config, **kwargs):
+def serve(base, instruct, named_models, host, port, api_key, max_waiting, shutdown_timeout, max_body_bytes,
+          max_prompt_chars, limit_concurrency, log_level, generation_config, **kwargs):
     """OpenAI-compatible server (/v1/completions, /v1/chat/completions); with no model flags, the demo pair."""
+    from bare_engine.serve.limits import ServeLimits
     from bare_engine.serve.server import model_dirs, run_server
 
     config = engine_config_from(kwargs)
+    limits = ServeLimits(max_body_bytes=max_body_bytes, max_prompt_chars=max_prompt_chars,
+                         limit_concurrency=limit_concurrency)
     run_server(model_dirs(base, instruct, named_models), config, host, port, api_key, max_waiting,
-               shutdown_timeout, log_level, generation_config)
+               shutdown_timeout, log_level, generation_config, limits)
 
 
 def _register_feature_commands() -> None:

@@ -102,11 +102,16 @@ class LLM:
                 self.engine.abort_request(request_id)
             raise
         done: dict[str, RequestOutput] = {}
-        with tqdm(total=len(ids), desc="generate", disable=not use_tqdm, unit="req") as bar:
-            while self.engine.has_unfinished_requests():
-                for out in self.engine.step():
-                    done[out.request_id] = out
-                    bar.update(1)
+        try:
+            with tqdm(total=len(ids), desc="generate", disable=not use_tqdm, unit="req") as bar:
+                while self.engine.has_unfinished_requests():
+                    for out in self.engine.step():
+                        done[out.request_id] = out
+                        bar.update(1)
+        except BaseException:  # (Ctrl-C included) nothing of this call may run in the next one
+            for request_id in ids:
+                self.engine.abort_request(request_id)
+            raise
         outputs = [done[i] for i in ids]
         for out, prompt in zip(outputs, prompts):
             out.prompt = prompt.text

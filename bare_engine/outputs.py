@@ -25,3 +25,7 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool = True
     prompt: str | None = None  # the prompt text (None when the prompt was token ids), as in vLLM
+    # With SamplingParams.prompt_logprobs, vLLM's shape: None for the first prompt token, then for each
+    # token a dict of its logprob and the top candidates' (token id -> logprob).
+    prompt_logprobs: list[dict[int, float] | None] | None = None
+    num_cached_tokens: int = 0  # prompt tokens served by the prefix cache

@@ -51,7 +51,7 @@ class BlockManager:
     def match_prefix(self, seq: Sequence, salt: str) -> list[int]:
         """Cached blocks holding ``seq``'s leading full blocks, excluding the block of its last token
         (that token must be computed to produce logits). Takes no references."""
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or needs_prompt_logprobs(seq):
             return []
         hits: list[int] = []
         prev = hash(salt)
@@ -77,6 +77,8 @@ class BlockManager:
             block.ref_count += 1
             seq.block_table.append(block_id)
         seq.num_computed_tokens = len(hits) * self.block_size
+        if seq.num_cached_tokens is None:  # first admission (a preempted sequence's hits are its own)
+            seq.num_cached_tokens = seq.num_computed_tokens
         self.num_hit_blocks += len(hits)
 
     def can_grow(self, seq: Sequence, num_tokens: int) -> bool:
@@ -124,3 +126,8 @@ class BlockManager:
         seq.block_table.clear()
         seq.num_computed_tokens = 0
         seq.num_hashed_blocks, seq.last_block_hash = 0, None
+
+
+def needs_prompt_logprobs(seq: Sequence) -> bool:
+    """Prompt logprobs still to compute: their positions must run through the model, not the cache."""
+    return seq.prompt_logprobs is not None and len(seq.prompt_logprobs) < seq.num_prompt_tokens

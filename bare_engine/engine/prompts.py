@@ -108,6 +108,22 @@ def _check_message(message, where: str) -> None:
         raise InvalidRequestError(f"{where} needs a string 'role', got {_describe(message.get('role'))}")
     if not isinstance(message.get("content"), (str, list)):
         raise InvalidRequestError(f"{where} needs a 'content' string, got {_describe(message.get('content'))}")
+    _check_unicode(message["content"], f"{where} content")
+
+
+def _check_unicode(value, where: str) -> None:
+    """InvalidRequestError for text that is not valid Unicode (a lone surrogate), at any depth of ``value``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidRequestError(f"{where} is not valid Unicode: {exc.reason} at position {exc.start}") from None
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_unicode(item, where)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_unicode(item, where)
 
 
 def render_chat(tokenizer, messages: list[dict], chat_template: str | None = None,
@@ -123,4 +139,5 @@ def render_chat(tokenizer, messages: list[dict], chat_template: str | None = Non
         )
     except Exception as exc:  # jinja2 and transformers raise many types; all mean the template failed
         raise InvalidRequestError(f"chat template failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+    _check_unicode(text, "the rendered chat")
     return text, list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -19,7 +19,9 @@ class Request:
 
 def needs_host_history(params: SamplingParams) -> bool:
     """True when sampling the request reads its generated tokens on the host (no overlapped steps)."""
-    return bool(params.logits_processors) or params.allowed_token_sequences is not None
+    return (bool(params.logits_processors) or params.allowed_token_sequences is not None
+            or params.structured_outputs is not None  # the grammar state advances on the host
+            or params.prompt_logprobs is not None)  # read back at prefill (worker/prompt_logprobs.py)
 
 
 class RequestTable:

@@ -18,7 +18,8 @@ class Sequence:
     __slots__ = ("seq_id", "request_id", "index", "model", "token_ids", "num_prompt_tokens", "params", "seed",
                  "arrival", "status", "block_table", "num_computed_tokens", "row", "sample_index", "num_pending",
                  "num_hashed_blocks", "last_block_hash", "max_len", "finish_reason", "stop_reason", "error",
-                 "logprobs", "cumulative_logprob", "detok", "trie")
+                 "logprobs", "cumulative_logprob", "detok", "trie", "grammar", "early_stop_ids", "prompt_logprobs",
+                 "num_cached_tokens")
 
     def __init__(
         self,
@@ -58,6 +59,11 @@ class Sequence:
         self.cumulative_logprob = 0.0
         self.detok = None  # incremental detokenizer state, set by the engine
         self.trie = None  # TokenTrie when params.allowed_token_sequences is set
+        self.grammar = None  # GrammarState (structured/matcher.py) when params.structured_outputs is set
+        self.early_stop_ids = None  # with min_tokens: EOS and stop token ids, banned before min_tokens
+        # params.prompt_logprobs: one entry per prompt token computed so far (None for the first one)
+        self.prompt_logprobs: list[dict[int, float] | None] | None = None if params.prompt_logprobs is None else [None]
+        self.num_cached_tokens: int | None = None  # prompt tokens served by the prefix cache, first admission
 
     def __len__(self) -> int:
         """Its length as the scheduler sees it: the known tokens and those still pending on the device."""

@@ -19,6 +19,20 @@ SUPPORTED_ARCHITECTURES = (
 )
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
+# Far above any real model (the largest have ~260k vocab, ~130 layers, 10M positions), far below
+# what would exhaust memory before the checkpoint is even compared with the config.
+SIZE_LIMITS = {
+    "vocab_size": 1 << 24,
+    "hidden_size": 1 << 17,
+    "intermediate_size": 1 << 20,
+    "num_hidden_layers": 1 << 12,
+    "num_attention_heads": 1 << 12,
+    "num_key_value_heads": 1 << 12,
+    "head_dim": 1 << 12,
+    "max_position_embeddings": 1 << 26,
+    "sliding_window": 1 << 26,
+}
+
 
 @dataclass
 class ModelConfig:
@@ -89,7 +103,7 @@ def read_json(path: Path, what: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ModelLoadError(f"{what} {path} is not valid JSON: {exc}") from None
 
 
@@ -101,8 +115,13 @@ def load_model_config(model_dir: str | Path) -> ModelConfig:
     if not config_path.is_file():
         raise ModelLoadError(f"no config.json in model directory {path}")
     cfg = read_json(config_path, "model config")
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{config_path} must hold a JSON object, got a JSON {type(cfg).__name__}")
+    _check_sizes(config_path, cfg)
 
     archs = cfg.get("architectures") or []
+    if not isinstance(archs, list):
+        archs = [archs] if isinstance(archs, str) else []
     arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
     if arch is None:
         raise UnsupportedArchitectureError(
@@ -113,6 +132,22 @@ def load_model_config(model_dir: str | Path) -> ModelConfig:
         return _model_config_from_dict(path, arch, cfg)
     except KeyError as exc:
         raise ModelLoadError(f"{config_path} lacks required key {exc.args[0]!r}") from None
+
+
+def _check_sizes(config_path: Path, cfg: dict) -> None:
+    """ModelLoadError unless every size is an integer in [1, its limit] and the floats are finite and
+    positive: one clear error before anything is allocated from them."""
+    for key, limit in SIZE_LIMITS.items():
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            raise ModelLoadError(f"{config_path}: {key} must be an integer in [1, {limit}], got {value!r}")
+    for key in ("rms_norm_eps", "rope_theta"):
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise ModelLoadError(f"{config_path}: {key} must be a positive number, got {value!r}")
 
 
 def _model_config_from_dict(path: Path, arch: str, cfg: dict) -> ModelConfig:

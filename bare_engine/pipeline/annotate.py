@@ -115,7 +115,7 @@ class AnnotatePlanner(StagePlanner):
         if self.label_ids is None:
             return sampling.params(seed, stop=self.cfg.stop or None)
         longest = max(len(ids) for ids in self.label_ids)  # + 1: the end token after a prefix label
-        values = {**dataclasses.asdict(sampling), "max_tokens": longest + 1}
+        values = {**sampling.sampling_values(), "max_tokens": longest + 1}
         return SamplingParams(**values, seed=seed, logprobs=0, allowed_token_sequences=self.label_ids)
 
     def finish(self, cand: Candidate, stage: str, output) -> None:

@@ -52,9 +52,18 @@ class StageSampling:
     max_tokens: int = 1000
     logits_processors: list[str] | None = None  # "module:function" per processor (see logits_processors.py)
     sampling_steps: dict[str, float] | None = None  # e.g. {top_n_sigma = 1.0} (see sampling_steps.py)
+    min_tokens: int = 0
+    # refine / instruct: the reply is the record's fields as JSON, constrained to them (pipeline/structured.py)
+    structured: bool = False
 
     def params(self, seed: int, stop: list[str] | None = None) -> SamplingParams:
-        return SamplingParams(**dataclasses.asdict(self), seed=seed, stop=stop)
+        return SamplingParams(**self.sampling_values(), seed=seed, stop=stop)
+
+    def sampling_values(self) -> dict:
+        """The SamplingParams fields (``structured`` is not one: the stage's request gets the schema)."""
+        values = dataclasses.asdict(self)
+        values.pop("structured")
+        return values
 
 
 @dataclass
@@ -324,6 +333,8 @@ def validate(cfg: PipelineConfig) -> None:
             getattr(cfg.sampling, stage).params(seed=0)
         except InvalidSamplingParamsError as e:
             raise ConfigError(f"sampling.{stage}: {e}") from None
+        if getattr(cfg.sampling, stage).structured and stage not in ("refine", "instruct"):
+            raise ConfigError(f"sampling.{stage}.structured: only the refine and instruct stages can be structured")
 
 
 # Keys that change only speed or bookkeeping, never which records a run writes: a run

@@ -10,7 +10,7 @@ import struct
 from importlib import metadata
 from pathlib import Path
 
-from bare_engine.errors import ResumeMismatchError
+from bare_engine.errors import ConfigError, ResumeMismatchError
 from bare_engine.pipeline.config import PipelineConfig, resume_key
 from bare_engine.pipeline.records import manifest_path
 
@@ -97,15 +97,22 @@ def read_manifest(out: str | Path) -> dict | None:
 
 
 def write_manifest(out: str | Path, manifest: dict) -> None:
-    """Atomic replace, so a kill never leaves a half-written manifest."""
+    """Atomic replace, so a kill never leaves a half-written manifest. A read-only manifest, or a
+    write that fails (full disk, permissions), is a ConfigError, with no temporary file left behind."""
     path = manifest_path(out)
+    if path.is_file() and not path.stat().st_mode & 0o222:  # the mode bits, also for root
+        raise ConfigError(f"cannot write manifest {path}: it is read-only")
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write manifest {path}: {e.strerror or e}") from None
 
 
 def check_resume(out: str | Path, old: dict | None, new: dict) -> None:

@@ -1,4 +1,10 @@
-"""The output JSONL: whole-line appends made durable one by one, and reading it back on resume."""
+"""The output JSONL: whole-line appends made durable one by one, and reading it back on resume.
+
+Resume verifies every complete line (``RecordCheck``: the structure this run writes, candidate
+indices rising, each stage's seed derived from the run seed and the candidate) before it touches
+the file; only then is a torn last line cut off. A write that fails (full disk, file size limit,
+permissions) is a ConfigError, with the file cut back to its last whole line.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from bare_engine.errors import ConfigError
 
@@ -23,35 +30,51 @@ class ExistingOutput:
     torn_bytes: int = 0  # bytes of a torn last line that were cut off
 
 
-def read_output(path: str | Path) -> ExistingOutput:
-    """Read what an earlier run wrote; a torn last line (no newline: the run died mid-write) is cut off."""
+# (record, its 0-based line) -> why it is not a record this run could have written, or None.
+RecordCheck = Callable[[dict, int], "str | None"]
+
+
+def read_output(path: str | Path, check: RecordCheck | None = None) -> ExistingOutput:
+    """Read what an earlier run wrote. Every complete line must be a JSON record with a candidate index
+    above the previous line's (and pass ``check``), else ConfigError and the file is left as it was;
+    after that, a torn last line (no newline: the run died mid-write) is cut off."""
     path = Path(path)
     if not path.exists():
         return ExistingOutput()
     data = path.read_bytes()
     keep = data.rfind(b"\n") + 1
-    if keep < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-            f.flush()
-            os.fsync(f.fileno())
     state = ExistingOutput(torn_bytes=len(data) - keep)
-    for line_no, line in enumerate(data[:keep].splitlines(), start=1):
-        candidate = _candidate_index(line)
-        if candidate is None or candidate <= state.last_candidate:
-            raise ConfigError(f"output file {path} line {line_no} is not a record of this pipeline; use another --out")
+    for line_no, line in enumerate(data[:keep].split(b"\n")[:-1], start=1):
+        why = _refusal(line, state.last_candidate, line_no - 1, check)
+        if why is not None:
+            raise ConfigError(f"output file {path} line {line_no} is not a record of this pipeline ({why}); "
+                              "the file is unchanged; use another --out")
         state.count += 1
-        state.last_candidate = candidate
+        state.last_candidate = json.loads(line)["candidate"]
+    if keep < len(data):
+        try:
+            with open(path, "r+b") as f:
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise ConfigError(f"cannot cut the torn last line of {path}: {e.strerror or e}") from None
     return state
 
 
-def _candidate_index(line: bytes) -> int | None:
+def _refusal(line: bytes, last_candidate: int, ordinal: int, check: RecordCheck | None) -> str | None:
     try:
         record = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    candidate = record.get("candidate") if isinstance(record, dict) else None
-    return candidate if isinstance(candidate, int) else None
+        return "not JSON"
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    candidate = record.get("candidate")
+    if not isinstance(candidate, int) or isinstance(candidate, bool) or candidate < 0:
+        return "no candidate index"
+    if candidate <= last_candidate:
+        return f"candidate {candidate} does not follow candidate {last_candidate}"
+    return check(record, ordinal) if check is not None else None
 
 
 class RecordWriter:
@@ -62,7 +85,8 @@ class RecordWriter:
     """
 
     def __init__(self, path: str | Path):
-        self._file = open(path, "ab")
+        self.path = Path(path)
+        self._file = open(path, "ab", buffering=0)  # unbuffered: a failed write leaves nothing queued
         if fcntl is not None:
             try:
                 fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -71,10 +95,20 @@ class RecordWriter:
                 raise ConfigError(f"another run is writing {path}") from None
 
     def write(self, record: dict) -> None:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        self._file.write(line.encode("utf-8"))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        """Append one line; ConfigError when it cannot be written (the file keeps its whole lines)."""
+        line = memoryview((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        fd = self._file.fileno()
+        end = os.fstat(fd).st_size
+        try:
+            while line:
+                line = line[os.write(fd, line):]
+            os.fsync(fd)
+        except OSError as e:
+            try:  # drop the partial line (resume would cut it anyway)
+                os.ftruncate(fd, end)
+            except OSError:
+                pass
+            raise ConfigError(f"cannot write output file {self.path}: {e.strerror or e}") from None
 
     def close(self) -> None:
         self._file.close()

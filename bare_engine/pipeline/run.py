@@ -12,10 +12,11 @@ from bare_engine.pipeline.annotate import prepare_annotate, teacher_spec
 from bare_engine.pipeline.config import PipelineConfig, engine_config
 from bare_engine.pipeline.manifest import build_manifest, check_resume, read_manifest, write_manifest
 from bare_engine.pipeline.progress import Progress
-from bare_engine.pipeline.records import ExistingOutput, RecordWriter, check_writable, read_output
+from bare_engine.pipeline.records import (ExistingOutput, RecordCheck, RecordWriter, check_writable, manifest_path,
+                                          read_output)
 from bare_engine.pipeline.runner import PipelineRunner, RunResult
 from bare_engine.pipeline.seeds import load_candidates, load_seeds
-from bare_engine.pipeline.stages import StagePlanner
+from bare_engine.pipeline.stages import StagePlanner, derive_seed
 from bare_engine.model.tokenizer import load_tokenizer
 
 CHAT_STAGES = ("refine", "instruct")
@@ -50,11 +51,36 @@ def prepare_output(cfg: PipelineConfig, manifest: dict) -> ExistingOutput:
     if out.exists() and out.stat().st_size > 0:
         check_resume(out, old, manifest)
         manifest["runs"] = old.get("runs", [])
-        existing = read_output(out)
+        existing = read_output(out, record_check(cfg))
     else:
         existing = ExistingOutput()
     write_manifest(out, manifest)
     return existing
+
+
+def record_check(cfg: PipelineConfig) -> RecordCheck:
+    """Whether a line on resume is a record this run could have written: its keys and types, the mode,
+    its ordinal (generate modes), and each stage's seed, derived from the run seed and the candidate."""
+    keys = {"id", "candidate", "mode", "fields", "seed_ids", *cfg.stages}
+    keys |= {"label", "label_prob"} if cfg.mode == "annotate" else set()
+
+    def check(record: dict, ordinal: int) -> str | None:
+        missing = sorted(keys - set(record))
+        if missing:
+            return f"missing {', '.join(missing)}"
+        if record["mode"] != cfg.mode:
+            return f"mode {record['mode']!r}, not {cfg.mode!r}"
+        if cfg.mode != "annotate" and record["id"] != ordinal:
+            return f"id {record['id']!r} at position {ordinal}"
+        if not isinstance(record["seed_ids"], list) or not (record["fields"] is None or isinstance(record["fields"], dict)):
+            return "fields or seed_ids of the wrong type"
+        for stage in cfg.stages:
+            entry = record[stage]
+            if not isinstance(entry, dict) or entry.get("seed") != derive_seed(cfg.seed, record["candidate"], stage):
+                return f"its {stage} stage was not run with this config's seed for candidate {record['candidate']}"
+        return None
+
+    return check
 
 
 @dataclass
@@ -91,24 +117,36 @@ def run_pipeline(
     cfg = job.cfg
     check_writable(cfg.out)
     manifest = build_manifest(cfg, job.extra_models)
+    new_output = not Path(cfg.out).exists()
     with RecordWriter(cfg.out) as writer:  # locks the output before reading or cutting it
-        existing = prepare_output(cfg, manifest)
-        if existing.torn_bytes:
-            log(f"resume: dropped a torn last line ({existing.torn_bytes} bytes) from {cfg.out}")
-        if existing.count >= cfg.num:
-            log(f"{cfg.out} already has {existing.count} records (target {cfg.num}); nothing to do")
-            return RunResult(records=existing.count, target=cfg.num)
-        if existing.count:
-            log(f"resuming {cfg.out}: {existing.count}/{cfg.num} records present")
-        started = _now()
-        if uses_ray(cfg):
-            from bare_engine.ray.driver import run_data_parallel  # Ray is an extra: imported only here
+        try:
+            return _run_locked(cfg, job, manifest, writer, engine_factory, log)
+        except BaseException:
+            if new_output and Path(cfg.out).stat().st_size == 0:
+                Path(cfg.out).unlink()  # a run that failed before its first record leaves nothing behind
+                manifest_path(cfg.out).unlink(missing_ok=True)
+            raise
 
-            result = run_data_parallel(job, writer, existing, log)
-        else:
-            result = _run_one_engine(job, engine_factory(cfg), writer, existing)
-        manifest["runs"].append(_run_entry(result, existing, started))
-        write_manifest(cfg.out, manifest)
+
+def _run_locked(cfg: PipelineConfig, job: Job, manifest: dict, writer: RecordWriter, engine_factory,
+                log) -> RunResult:
+    existing = prepare_output(cfg, manifest)
+    if existing.torn_bytes:
+        log(f"resume: dropped a torn last line ({existing.torn_bytes} bytes) from {cfg.out}")
+    if existing.count >= cfg.num:
+        log(f"{cfg.out} already has {existing.count} records (target {cfg.num}); nothing to do")
+        return RunResult(records=existing.count, target=cfg.num)
+    if existing.count:
+        log(f"resuming {cfg.out}: {existing.count}/{cfg.num} records present")
+    started = _now()
+    if uses_ray(cfg):
+        from bare_engine.ray.driver import run_data_parallel  # Ray is an extra: imported only here
+
+        result = run_data_parallel(job, writer, existing, log)
+    else:
+        result = _run_one_engine(job, engine_factory(cfg), writer, existing)
+    manifest["runs"].append(_run_entry(result, existing, started))
+    write_manifest(cfg.out, manifest)
     return result
 
 

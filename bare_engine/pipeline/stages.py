@@ -14,6 +14,7 @@ from typing import Callable
 
 from bare_engine.pipeline.config import STAGE_MODEL, PipelineConfig
 from bare_engine.pipeline.seeds import Example, load_grounding
+from bare_engine.pipeline.structured import STRUCTURED_STAGES, json_instruction, parse_json_fields, structured_outputs
 from bare_engine.engine.prompts import render_chat
 from bare_engine.sampling_params import SamplingParams
 
@@ -89,12 +90,20 @@ class StagePlanner:
             prompt = t.base(cfg.task, shots, cand.grounding)
             params = cfg.sampling.base.params(seed, stop=[t.stop_string])
         elif stage == "refine":
-            prompt = self._chat(STAGE_MODEL[stage], t.refine(cfg.task, shots, cand.fields, cand.grounding))
+            message = t.refine(cfg.task, shots, cand.fields, cand.grounding)
             params = cfg.sampling.refine.params(seed)
         else:
-            prompt = self._chat(STAGE_MODEL[stage], t.instruct(cfg.task, shots, cand.grounding))
+            message = t.instruct(cfg.task, shots, cand.grounding)
             params = cfg.sampling.instruct.params(seed)
+        if stage != "base":
+            if self._structured(stage):
+                message += json_instruction(cfg.fields)
+                params.structured_outputs = structured_outputs(cfg.fields)
+            prompt = self._chat(STAGE_MODEL[stage], message)
         return request_id(stage, cand.index), prompt, params, STAGE_MODEL[stage]
+
+    def _structured(self, stage: str) -> bool:
+        return stage in STRUCTURED_STAGES and getattr(self.cfg.sampling, stage).structured
 
     def _chat(self, model: str, user_message: str) -> list[int]:
         messages = [{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []
@@ -105,7 +114,10 @@ class StagePlanner:
         """Record a finished stage (a RequestOutput); set the parsed fields or the drop reason."""
         completion = output.outputs[0]
         prefix = self.cfg.templates.completion_prefix if stage == "base" else ""
-        fields, reason = self.cfg.templates.parse_with_reason(prefix + completion.text)
+        if self._structured(stage):
+            fields, reason = parse_json_fields(completion.text, self.cfg.fields)
+        else:
+            fields, reason = self.cfg.templates.parse_with_reason(prefix + completion.text)
         if fields is not None and self.cfg.grounding_fields:
             given = cand.fields if stage == "refine" and cand.fields else cand.grounding
             fields = {name: given[name] if name in self.cfg.grounding_fields else fields[name] for name in self.cfg.fields}

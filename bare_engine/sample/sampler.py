@@ -5,10 +5,14 @@ The maths lives in ``kernels/sampling.py`` (Triton) and ``kernels/sampling_ref.p
 reference elsewhere: Triton's CPU interpreter runs the kernels (the tests force it
 with ``backend="triton"``) but is far too slow for a generation loop.
 
-Per-request parameters live in preallocated per-row columns (the rows of the model's
-InputBatch), written once when a sequence takes a row; a step gathers the batch's rows
-with one numpy index per column group. A new per-row parameter is one more entry of
-``COLUMNS``. The penalty statistics are kept on the device, one slot per row.
+Per-request parameters live in two preallocated tables, one row per InputBatch row (float32
+and int64, one column per parameter), written once when a sequence takes a row; a step gathers
+the batch's rows with one numpy index per table. A new per-row parameter is one more entry of
+``FLOAT_COLUMNS`` or ``INT_COLUMNS``. The penalty statistics are kept on the device, one slot per row.
+
+A request whose parameters cannot be packed (add_row), or whose logit bias, allowed tokens or
+penalty state fail to build, gets ``seq.error``: its row samples with neutral parameters, the
+engine finishes it with finish_reason "error", and the other rows are untouched.
 
 ``sample`` returns a ``DeviceSample``: the tokens stay on the device (an overlapped next
 step reads them there, see engine/steps.py) while their copy to the host is under way, and
@@ -28,21 +32,26 @@ from bare_engine.errors import ConfigError
 from bare_engine.sample.logits_processors import apply_logits_processors
 from bare_engine.sample.sampling_steps import sample_with_steps
 from bare_engine.engine.sequence import Sequence
+from bare_engine.sample.min_tokens import restrict_min_tokens
+from bare_engine.structured.bitmask import GrammarBatch
 
-# Per-row sampling parameters: name -> (dtype, value for a sequence). Float columns travel to the
-# device as one float32 array, integer columns as one int64 array.
-COLUMNS = {
-    "temperature": (np.float32, lambda s: s.params.temperature),
-    "top_p": (np.float32, lambda s: s.params.top_p),
-    "min_p": (np.float32, lambda s: s.params.min_p),
-    "repetition_penalty": (np.float32, lambda s: s.params.repetition_penalty),
-    "presence_penalty": (np.float32, lambda s: s.params.presence_penalty),
-    "frequency_penalty": (np.float32, lambda s: s.params.frequency_penalty),
-    "top_k": (np.int64, lambda s: s.params.top_k),
-    "seed": (np.int64, lambda s: s.seed),
+# Per-row sampling parameters: name -> its value for a sequence. Each group is one table on the host
+# and travels to the device as one array. The last int column, the prompt length, becomes the
+# sampled token's position (length - prompt length) in the step's gathered copy.
+FLOAT_COLUMNS = {
+    "temperature": lambda s: s.params.temperature,
+    "top_p": lambda s: s.params.top_p,
+    "min_p": lambda s: s.params.min_p,
+    "repetition_penalty": lambda s: s.params.repetition_penalty,
+    "presence_penalty": lambda s: s.params.presence_penalty,
+    "frequency_penalty": lambda s: s.params.frequency_penalty,
 }
-FLOAT_COLUMNS = [n for n, (t, _) in COLUMNS.items() if t == np.float32]
-INT_COLUMNS = [n for n, (t, _) in COLUMNS.items() if t == np.int64]
+INT_COLUMNS = {
+    "top_k": lambda s: s.params.top_k,
+    "seed": lambda s: s.seed,
+    "position": lambda s: s.num_prompt_tokens,
+}
+NEUTRAL_FLOATS = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0)  # greedy, no filters, no penalties: a failed row's parameters
 
 
 def needs_full_sampler(seq: Sequence) -> bool:
@@ -50,7 +59,7 @@ def needs_full_sampler(seq: Sequence) -> bool:
     p = seq.params
     return not (
         p.greedy and not p.uses_penalties and p.logprobs is None and p.logit_bias is None
-        and p.allowed_token_ids is None and seq.trie is None
+        and p.allowed_token_ids is None and seq.trie is None and seq.grammar is None and not p.min_tokens
     )
 
 
@@ -119,8 +128,8 @@ class Sampler:
         self.max_rows = max_rows
         self.device = device
         self.penalties = None  # PenaltyState, created when the first request needs penalties
-        self.columns = {name: np.zeros(max_rows, dtype) for name, (dtype, _) in COLUMNS.items()}
-        self.prompt_len = np.zeros(max_rows, np.int64)
+        self.floats = np.zeros((len(FLOAT_COLUMNS), max_rows), np.float32)  # [column, row]
+        self.ints = np.zeros((len(INT_COLUMNS), max_rows), np.int64)
         self.num_logprobs = np.full(max_rows, -1, np.int64)  # -1: no logprobs
         self.full = np.zeros(max_rows, bool)  # row needs more than argmax
         self.uses_penalties = np.zeros(max_rows, bool)
@@ -128,7 +137,8 @@ class Sampler:
         self.has_processors = np.zeros(max_rows, bool)  # logits processors (logits_processors.py)
         self.has_steps = np.zeros(max_rows, bool)  # sampling steps on a sampled row (sampling_steps.py)
         self.has_bias = np.zeros(max_rows, bool)  # logit_bias
-        self.has_mask = np.zeros(max_rows, bool)  # allowed_token_ids or allowed_token_sequences
+        self.has_mask = np.zeros(max_rows, bool)  # allowed_token_ids, allowed_token_sequences, grammar, min_tokens
+        self.grammar_batch = GrammarBatch(vocab_size)  # the grammar rows' masks (structured outputs)
 
     @property
     def impl(self):
@@ -141,11 +151,32 @@ class Sampler:
             self._impl = impl
         return self._impl
 
+    def column(self, name: str) -> np.ndarray:
+        """The per-row values of one parameter (a view of its table; "position" holds the prompt length)."""
+        if name in FLOAT_COLUMNS:
+            return self.floats[list(FLOAT_COLUMNS).index(name)]
+        return self.ints[list(INT_COLUMNS).index(name)]
+
     def add_row(self, row: int, seq: Sequence) -> None:
-        """A sequence took ``row``: write its parameters."""
-        for name, (_, value) in COLUMNS.items():
-            self.columns[name][row] = value(seq)
-        self.prompt_len[row] = seq.num_prompt_tokens
+        """A sequence took ``row``: write its parameters (a value they cannot hold fails only ``seq``)."""
+        try:
+            self._write_row(row, seq)
+        except Exception as exc:  # SamplingParams changed after intake, or a bug: this request's failure
+            seq.error = f"sampling parameters cannot be packed: {type(exc).__name__}: {exc}"
+            self.floats[:, row] = NEUTRAL_FLOATS
+            self.ints[:, row] = (0, 0, seq.num_prompt_tokens)
+            self.num_logprobs[row] = -1
+            for flags in (self.full, self.uses_penalties, self.has_processors, self.has_steps, self.has_bias,
+                          self.has_mask):
+                flags[row] = False
+
+    def _write_row(self, row: int, seq: Sequence) -> None:
+        # Values were range-checked at intake (SamplingParams.validate); an int past int64 or a non-number
+        # still raises here, before anything of the row is written.
+        floats = [value(seq) for value in FLOAT_COLUMNS.values()]
+        ints = np.array([value(seq) for value in INT_COLUMNS.values()], np.int64)
+        self.floats[:, row] = floats
+        self.ints[:, row] = ints
         self.num_logprobs[row] = -1 if seq.params.logprobs is None else seq.params.logprobs
         self.full[row] = needs_full_sampler(seq)
         self.uses_penalties[row] = seq.params.uses_penalties
@@ -153,7 +184,8 @@ class Sampler:
         self.has_processors[row] = bool(seq.params.logits_processors)
         self.has_steps[row] = bool(seq.params.sampling_steps) and not seq.params.greedy
         self.has_bias[row] = seq.params.logit_bias is not None
-        self.has_mask[row] = seq.params.allowed_token_ids is not None or seq.trie is not None
+        self.has_mask[row] = (seq.params.allowed_token_ids is not None or seq.trie is not None
+                              or seq.grammar is not None or seq.params.min_tokens > 0)
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence], rows: np.ndarray, lens: np.ndarray) -> DeviceSample:
         """Sample the next token of each sequence; ``rows`` are their rows, ``lens`` their lengths.
@@ -168,7 +200,7 @@ class Sampler:
         num_top = self.num_logprobs[rows]
         if self.penalties is None and not self.full[rows].any():
             return DeviceSample(num_top, logits.argmax(dim=-1))
-        logits = logits.contiguous()  # the CPU's logits are a transposed view (distributed.layers.linear)
+        logits = logits.contiguous()  # the kernels read rows; a caller may pass a strided view
         if self.penalties is None and self.uses_penalties[rows].any():
             self.penalties = self.impl.PenaltyState(self.max_rows, self.vocab_size, self.device)
         params = self._pack(seqs, rows, lens)
@@ -186,12 +218,11 @@ class Sampler:
         return DeviceSample(num_top, result.token_ids, result.logprobs, result.top_ids, result.top_logprobs)
 
     def _pack(self, seqs: list[Sequence], rows: np.ndarray, lens: np.ndarray):
-        dev = self.device
-        floats = to_device(np.stack([self.columns[n][rows] for n in FLOAT_COLUMNS]), dev)
-        position = lens - self.prompt_len[rows]
-        ints = to_device(np.stack([self.columns[n][rows] for n in INT_COLUMNS] + [position]), dev)
-        f = dict(zip(FLOAT_COLUMNS, floats.unbind(0)))
-        i = dict(zip(INT_COLUMNS + ["position"], ints.unbind(0)))
+        floats = self.floats[:, rows]  # one gather per table
+        ints = self.ints[:, rows]
+        ints[-1] = lens - ints[-1]  # prompt length -> the sampled token's position
+        f = dict(zip(FLOAT_COLUMNS, to_device(floats, self.device).unbind(0)))
+        i = dict(zip(INT_COLUMNS, to_device(ints, self.device).unbind(0)))
         return self.impl.SamplingTensors(
             top_k=i.pop("top_k").to(torch.int32),
             **f, **i,
@@ -203,28 +234,48 @@ class Sampler:
     def _penalty_rows(self, seqs: list[Sequence], rows: np.ndarray) -> torch.Tensor:
         for i in np.flatnonzero(~self.penalty_ready[rows]):
             seq, row = seqs[i], int(rows[i])
-            prompt = to_device(torch.tensor(seq.token_ids[: seq.num_prompt_tokens], dtype=torch.int64), self.device)
-            output = to_device(torch.tensor(seq.output_token_ids, dtype=torch.int64), self.device)
-            self.penalties.reset_row(row, prompt, output)
+            try:
+                prompt = to_device(torch.tensor(seq.token_ids[: seq.num_prompt_tokens], dtype=torch.int64), self.device)
+                output = to_device(torch.tensor(seq.output_token_ids, dtype=torch.int64), self.device)
+                self.penalties.reset_row(row, prompt, output)
+            except Exception as exc:
+                fail_row(seq, "penalty state", exc)
+                self.penalties.reset_row(row, torch.zeros(0, dtype=torch.int64, device=self.device))
             self.penalty_ready[row] = True
         return to_device(rows, self.device)
 
     def _logit_bias(self, seqs: list[Sequence]) -> torch.Tensor:
         bias = torch.zeros(len(seqs), self.vocab_size, dtype=torch.float32)
         for row, seq in enumerate(seqs):
-            for token, value in (seq.params.logit_bias or {}).items():
-                bias[row, token] = value
+            try:
+                for token, value in (seq.params.logit_bias or {}).items():
+                    bias[row, token] = value
+            except Exception as exc:
+                fail_row(seq, "logit_bias", exc)
+                bias[row] = 0.0
         return to_device(bias, self.device)
 
     def _allowed_mask(self, seqs: list[Sequence]) -> torch.Tensor:
         mask = torch.ones(len(seqs), self.vocab_size, dtype=torch.bool)
         for row, seq in enumerate(seqs):
-            if seq.params.allowed_token_ids is not None:
-                allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
-                allowed[seq.params.allowed_token_ids] = True
-                mask[row] &= allowed
-            if seq.trie is not None:
-                allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
-                allowed[seq.trie.allowed(seq.output_token_ids)] = True
-                mask[row] &= allowed
+            try:
+                if seq.params.allowed_token_ids is not None:
+                    allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
+                    allowed[seq.params.allowed_token_ids] = True
+                    mask[row] &= allowed
+                if seq.trie is not None:
+                    allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
+                    allowed[seq.trie.allowed(seq.output_token_ids)] = True
+                    mask[row] &= allowed
+            except Exception as exc:
+                fail_row(seq, "allowed tokens", exc)
+                mask[row] = True
+        mask = self.grammar_batch.restrict(seqs, mask)
+        mask = restrict_min_tokens(seqs, mask)
         return to_device(mask, self.device)
+
+
+def fail_row(seq: Sequence, what: str, exc: Exception) -> None:
+    """``seq`` failed while its row was packed: the engine finishes it with finish_reason "error"."""
+    if seq.error is None:
+        seq.error = f"{what} failed: {type(exc).__name__}: {exc}"

@@ -8,10 +8,12 @@ from functools import partial
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from bare_engine.serve import responses
+from bare_engine.serve import echo, responses
 from bare_engine.serve.generation import ClientDisconnected, Generation
+from bare_engine.serve.limits import check_prompt_chars, read_body
 from bare_engine.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse_body
 from bare_engine.serve.streaming import SSE_DONE, sse
+from bare_engine.serve.structured import chat_structured, from_structured_outputs, log_unknown_fields
 
 CLIENT_CLOSED = 499  # nginx's status for a request whose client went away (never seen by the client)
 
@@ -31,10 +33,17 @@ class AbortingStream(StreamingResponse):
 
 
 async def completion(state, request: Request) -> Response:
-    body = parse_body(await request.body(), CompletionRequest)
+    body = parse_body(await read_body(request, state.limits.max_body_bytes), CompletionRequest)
+    log_unknown_fields(body, state.unknown_fields)
     model = state.model(body.model)
-    prompts = [model.encode(p) for p in body.prompts()]
-    params = body.sampling_params(body.max_tokens, body.logprobs, model.sampling_defaults)
+    texts = body.prompts()
+    check_prompt_chars([p for p in texts if isinstance(p, str)], state.limits.max_prompt_chars, "prompt")
+    prompts = [await model.off_loop(model.encode, p) for p in texts]
+    max_tokens, drop = echo.max_tokens_to_run(body)
+    params = body.sampling_params(max_tokens, body.logprobs, model.sampling_defaults,
+                                  from_structured_outputs(body.structured_outputs))
+    if body.echo and body.logprobs is not None:
+        params.prompt_logprobs = body.logprobs
     for ids in prompts:
         model.check_length(len(ids), params.max_tokens)
     generation = Generation(state.engine_loop, model, prompts, params, body.stream, "cmpl")
@@ -43,10 +52,16 @@ async def completion(state, request: Request) -> Response:
 
     def body_of(outputs) -> dict:
         choices = []
-        for out in outputs:
+        for prompt, out in zip(texts, outputs):
+            if drop:
+                echo.drop_completion(out)
             for c in out.outputs:
-                logprobs = responses.completion_logprobs(model.tokenizer, c) if body.logprobs is not None else None
-                choices.append(responses.completion_choice(len(choices), c.text, c.finish_reason, c.stop_reason,
+                if body.echo:
+                    text, logprobs = echo.echo_choice(model.tokenizer, prompt, out, c, body.logprobs is not None)
+                else:
+                    text = c.text
+                    logprobs = responses.completion_logprobs(model.tokenizer, c) if body.logprobs is not None else None
+                choices.append(responses.completion_choice(len(choices), text, c.finish_reason, c.stop_reason,
                                                            logprobs))
         return responses.completion(generation.id, model.name, created, choices, _usage(generation))
 
@@ -67,11 +82,15 @@ async def _completion_stream(generation: Generation, first, chunk, body):
 
 
 async def chat_completion(state, request: Request) -> Response:
-    body = parse_body(await request.body(), ChatCompletionRequest)
+    body = parse_body(await read_body(request, state.limits.max_body_bytes), ChatCompletionRequest)
+    log_unknown_fields(body, state.unknown_fields)
+    structured, tools = chat_structured(body)
     model = state.model(body.model)
-    ids = model.encode_chat(body.chat_messages(), body.add_generation_prompt)
+    messages = body.chat_messages()
+    check_prompt_chars([m["content"] for m in messages], state.limits.max_prompt_chars, "messages")
+    ids = await model.off_loop(model.encode_chat, messages, body.add_generation_prompt)
     num_top = body.num_logprobs()
-    params = body.sampling_params(body.max_new_tokens(), num_top, model.sampling_defaults)
+    params = body.sampling_params(body.max_new_tokens(), num_top, model.sampling_defaults, structured)
     model.check_length(len(ids), params.max_tokens)
     generation = Generation(state.engine_loop, model, [ids], params, body.stream, "chatcmpl")
     created = int(time.time())
@@ -80,7 +99,8 @@ async def chat_completion(state, request: Request) -> Response:
     def body_of(outputs) -> dict:
         choices = [
             responses.chat_choice(c.index, c.text, c.finish_reason, c.stop_reason,
-                                  responses.chat_logprobs(model.tokenizer, c, num_top) if num_top is not None else None)
+                                  responses.chat_logprobs(model.tokenizer, c, num_top) if num_top is not None else None,
+                                  tools.tool_calls(c.text) if tools is not None and c.finish_reason == "stop" else None)
             for c in outputs[0].outputs
         ]
         return responses.chat_completion(generation.id, model.name, created, choices, _usage(generation))
@@ -118,4 +138,5 @@ async def _answer(generation: Generation, request: Request, stream_from, body_of
 
 
 def _usage(generation: Generation) -> dict:
-    return responses.usage(generation.num_prompt_tokens, generation.num_completion_tokens)
+    cached = sum(out.num_cached_tokens for out in generation.outputs.values())
+    return responses.usage(generation.num_prompt_tokens, generation.num_completion_tokens, cached)

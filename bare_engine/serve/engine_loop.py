@@ -130,11 +130,15 @@ class EngineLoop:
             self._inbox.append(_Abort(list(request_ids)))
             self._cond.notify()
 
-    def stop(self, timeout: float = JOIN_TIMEOUT_S) -> None:
-        """Abort what is still in flight (each gets an Aborted event) and end the thread."""
+    def request_stop(self) -> None:
+        """Ask the thread to abort what is in flight (each gets an Aborted event) and end; returns at once."""
         self._stop.set()
         with self._cond:
             self._cond.notify()
+
+    def stop(self, timeout: float = JOIN_TIMEOUT_S) -> None:
+        """Abort what is still in flight (each gets an Aborted event) and end the thread."""
+        self.request_stop()
         if self._thread.is_alive():
             self._thread.join(timeout)
             if self._thread.is_alive():

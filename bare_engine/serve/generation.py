@@ -150,5 +150,5 @@ def _api_error(exc: Exception) -> APIError:
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, BareEngineError):
-        return APIError(400, str(exc))
+        return APIError(400, str(exc), param=getattr(exc, "param", None))
     return APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error")

@@ -20,16 +20,14 @@ CLI = "import sys; from bare_engine.cli import main; sys.argv[0] = 'bare-engine'
 class ServerThread:
     """uvicorn serving ``create_app(engine, **app_kwargs)`` on 127.0.0.1 and a free port, in a thread."""
 
-    def __init__(self, engine, start_timeout: float = 30.0, **app_kwargs):
-        import uvicorn
-
+    def __init__(self, engine, start_timeout: float = 30.0, shutdown_timeout: float = 5.0, **app_kwargs):
         from bare_engine.serve.app import create_app
-        from bare_engine.serve.server import bind_socket
+        from bare_engine.serve.server import bind_socket, make_server
 
         self.app = create_app(engine, **app_kwargs)
         self.sock = bind_socket("127.0.0.1", 0)
         self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=5.0))
+        self.server = make_server(self.app, shutdown_timeout, log_level="warning")
         self.start_timeout = start_timeout
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

@@ -7,12 +7,22 @@ body, never a 500.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 
 from bare_engine.errors import InvalidSamplingParamsError
 from bare_engine.sampling_params import SamplingParams
+
+
+def _not_bool(value):
+    if isinstance(value, bool):  # JSON's true is not a number (pydantic's lax mode would take it as 1)
+        raise ValueError("a number is required, got a boolean")
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_not_bool)]
+Number = Annotated[float, BeforeValidator(_not_bool)]
 
 
 class APIError(Exception):
@@ -38,31 +48,33 @@ class StreamOptions(BaseModel):
 class _SamplingFields(BaseModel):
     """Fields both endpoints share: OpenAI's, then vLLM's extras."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # unknown fields are ignored, and logged (serve/structured.py)
 
     model: StrictStr
-    n: int = 1
-    temperature: float | None = None
-    top_p: float | None = None
+    n: Integer = 1
+    temperature: Number | None = None
+    top_p: Number | None = None
     stop: StrictStr | list[StrictStr] | None = None
-    seed: int | None = None
+    seed: Integer | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: Number | None = None
+    frequency_penalty: Number | None = None
+    logit_bias: dict[str, Number] | None = None
     user: str | None = None
     # vLLM extras
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
+    top_k: Integer | None = None
+    min_p: Number | None = None
+    repetition_penalty: Number | None = None
     ignore_eos: bool = False
     stop_token_ids: list[StrictInt] | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    min_tokens: Integer = 0
+    structured_outputs: dict[str, Any] | None = None  # vLLM's: json, regex, choice, grammar, json_object
 
     def sampling_params(self, max_tokens: int | None, logprobs: int | None,
-                        defaults: dict | None = None) -> SamplingParams:
+                        defaults: dict | None = None, structured=None) -> SamplingParams:
         """``defaults``: the served model's generation_config fields, for what the request leaves unset
         (``max_tokens`` included, when the request gives none)."""
         values = dict(
@@ -79,6 +91,7 @@ class _SamplingFields(BaseModel):
                 **values, max_tokens=max_tokens, stop=self.stop, stop_token_ids=self.stop_token_ids,
                 include_stop_str_in_output=self.include_stop_str_in_output, ignore_eos=self.ignore_eos,
                 logprobs=logprobs, logit_bias=self._logit_bias(), skip_special_tokens=self.skip_special_tokens,
+                min_tokens=self.min_tokens, structured_outputs=structured,
             )
         except InvalidSamplingParamsError as exc:
             raise bad_request(str(exc), param=_named_param(str(exc))) from None
@@ -103,11 +116,11 @@ class _SamplingFields(BaseModel):
 
 class CompletionRequest(_SamplingFields):
     prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
-    max_tokens: int | None = 16
-    logprobs: int | None = None
+    max_tokens: Integer | None = 16
+    logprobs: Integer | None = None
     echo: bool = False
     suffix: str | None = None
-    best_of: int | None = None
+    best_of: Integer | None = None
 
     def prompts(self) -> list[str | list[int]]:
         prompt = self.prompt
@@ -122,8 +135,10 @@ class CompletionRequest(_SamplingFields):
         return prompts
 
     def check_unsupported(self) -> None:
-        if self.echo:
-            raise bad_request("echo is not supported", param="echo")
+        if self.echo and self.stream:
+            raise bad_request("echo with stream is not supported", param="echo")
+        if self.max_tokens == 0 and not self.echo:
+            raise bad_request("max_tokens 0 is only allowed with echo", param="max_tokens")
         if self.suffix:
             raise bad_request("suffix is not supported", param="suffix")
         if self.best_of is not None and self.best_of != self.n:
@@ -145,6 +160,12 @@ class ChatMessage(BaseModel):
     content: StrictStr | list[TextPart] | None = None
     name: str | None = None
 
+    @model_validator(mode="after")
+    def _content_unless_assistant(self):
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs content")
+        return self
+
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
@@ -153,10 +174,10 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: Integer | None = None
+    max_completion_tokens: Integer | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: Integer | None = None
     response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
@@ -174,10 +195,6 @@ class ChatCompletionRequest(_SamplingFields):
         return [{"role": m.role, "content": m.text()} for m in self.messages]
 
     def check_unsupported(self) -> None:
-        if self.tools or self.tool_choice not in (None, "none"):
-            raise bad_request("tools are not supported", param="tools")
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            raise bad_request("response_format other than text is not supported", param="response_format")
         if self.stream and self.logprobs:
             raise bad_request("logprobs with stream is not supported", param="logprobs")
         self.check_stream_fields()
@@ -189,8 +206,11 @@ def parse_body(raw: bytes, model_cls: type[BaseModel]):
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad_request(f"invalid JSON body: {exc}") from None
+    except RecursionError:
+        raise bad_request(f"invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(data, dict):
         raise bad_request(f"the body must be a JSON object, got {type(data).__name__}")
+    check_json_tree(data)
     try:
         request = model_cls.model_validate(data)
     except ValidationError as exc:
@@ -200,6 +220,33 @@ def parse_body(raw: bytes, model_cls: type[BaseModel]):
         raise bad_request(f"{param}: {first['msg']}{given}", param=param) from None
     request.check_unsupported()
     return request
+
+
+MAX_JSON_DEPTH = 64  # far deeper than any request body; deeper ones are refused before validation
+
+
+def check_json_tree(data) -> None:
+    """400 for a body nested deeper than MAX_JSON_DEPTH or holding a string that is not valid Unicode
+    (JSON's lone surrogate escapes, e.g. "\\ud800"), naming the field; iterative, so no recursion limit."""
+    stack = [(data, (), 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise bad_request(f"invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels",
+                              param=".".join(map(str, path[:3])) or None)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                param = ".".join(map(str, path)) or None
+                raise bad_request(f"{param}: not valid Unicode ({exc.reason} at position {exc.start})",
+                                  param=param) from None
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, path, depth))
+                stack.append((item, (*path, key), depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, (*path, i), depth + 1) for i, item in enumerate(value))
 
 
 def _param_of(loc: tuple) -> str | None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from bare_engine.outputs import CompletionOutput
+from bare_engine.serve.token_bytes import token_bytes
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict:
+    body = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
+    if cached_tokens is not None:  # prompt tokens the prefix cache served
+        body["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return body
 
 
 def completion(response_id: str, model: str, created: int, choices: list[dict], usage_body: dict) -> dict:
@@ -34,8 +38,13 @@ def chat_completion(response_id: str, model: str, created: int, choices: list[di
             "choices": choices, "usage": usage_body}
 
 
-def chat_choice(index: int, text: str, finish_reason: str, stop_reason=None, logprobs: dict | None = None) -> dict:
-    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+def chat_choice(index: int, text: str, finish_reason: str, stop_reason=None, logprobs: dict | None = None,
+                tool_calls: list[dict] | None = None) -> dict:
+    message = {"role": "assistant", "content": text}
+    if tool_calls:  # the text was the call (serve/structured.py): OpenAI's shape has no content then
+        message = {"role": "assistant", "content": None, "tool_calls": tool_calls}
+        finish_reason = "tool_calls"
+    return {"index": index, "message": message, "logprobs": logprobs,
             "finish_reason": finish_reason, "stop_reason": stop_reason}
 
 
@@ -72,9 +81,9 @@ def chat_logprobs(tokenizer, output: CompletionOutput, num_top: int) -> dict:
     for token_id, candidates in zip(output.token_ids, output.logprobs or []):
         text = _token_text(tokenizer, token_id)
         content.append({
-            "token": text, "logprob": candidates.get(token_id), "bytes": list(text.encode()),
+            "token": text, "logprob": candidates.get(token_id), "bytes": list(token_bytes(tokenizer, token_id)),
             "top_logprobs": [
-                {"token": (t_text := _token_text(tokenizer, t)), "logprob": lp, "bytes": list(t_text.encode())}
+                {"token": _token_text(tokenizer, t), "logprob": lp, "bytes": list(token_bytes(tokenizer, t))}
                 for t, lp in _best(candidates)[:num_top]
             ],
         })

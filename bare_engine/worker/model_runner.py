@@ -21,6 +21,7 @@ from bare_engine.worker.forward import run_forward
 from bare_engine.model.layers.linear import SINGLE_RANK
 from bare_engine.model.loader import TensorHook, load_model
 from bare_engine.worker.input_batch import InputBatch
+from bare_engine.worker.prompt_logprobs import add_prompt_logprobs, prompt_positions
 from bare_engine.sample.sampler import DeviceSample, Sampler
 from bare_engine.engine.scheduler import ScheduledBatch
 from bare_engine.engine.sequence import Sequence
@@ -140,8 +141,14 @@ class ModelRunner:
             self.tensor_parallel.send_step(self.model_index, step.inputs)
         inputs = self.input_batch.to_device(step.inputs, self.device)
         inputs.gather_pending(previous_tokens)
-        logits = run_forward(self.model, self.kv_caches, self.backend, self.graphs,
-                             inputs.input_ids, inputs.positions, inputs.meta, inputs.logits_indices)
+        wanted = prompt_positions(batch)
+        if wanted and self.tensor_parallel is None:
+            logits = self._forward_with_prompt_logprobs(inputs, wanted)
+        else:
+            for seq, _, _ in wanted:  # a second logits pass would unpair the ranks' collectives
+                seq.error = "prompt_logprobs is not supported with tensor parallelism"
+            logits = run_forward(self.model, self.kv_caches, self.backend, self.graphs,
+                                 inputs.input_ids, inputs.positions, inputs.meta, inputs.logits_indices)
         sample = None
         if step.sampled_seqs:
             sample = self.sampler.sample(logits, step.sampled_seqs, step.sampled_rows, step.sampled_lens)
@@ -150,3 +157,11 @@ class ModelRunner:
         self.stats.steps += 1
         self.stats.busy_seconds += time.perf_counter() - start
         return LaunchedStep(step.sampled_seqs, sample, self.stats)
+
+    def _forward_with_prompt_logprobs(self, inputs, wanted) -> torch.Tensor | None:
+        """run_forward's eager path, keeping the hidden states for the prompt positions that owe logprobs."""
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, self.backend, inputs.meta)
+        add_prompt_logprobs(hidden, self.model.compute_logits, wanted)
+        if inputs.logits_indices.numel() == 0:
+            return None
+        return self.model.compute_logits(hidden[inputs.logits_indices])

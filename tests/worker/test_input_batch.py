@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bare_engine import EngineConfig, LLMEngine, SamplingParams
-from bare_engine.sample.sampler import COLUMNS
+from bare_engine.sample.sampler import FLOAT_COLUMNS, INT_COLUMNS
 from bare_engine.testing import make_model_dir
 
 
@@ -76,9 +76,9 @@ class Checker:
             assert state.row_seq[seq.row] is seq
             n = len(seq.block_table)
             assert state.block_tables[seq.row, :n].tolist() == seq.block_table
-            for name, (_, value) in COLUMNS.items():
-                assert sampler.columns[name][seq.row] == np.array(value(seq), sampler.columns[name].dtype), name
-            assert sampler.prompt_len[seq.row] == seq.num_prompt_tokens
+            for name, value in (FLOAT_COLUMNS | INT_COLUMNS).items():
+                column = sampler.column(name)
+                assert column[seq.row] == np.array(value(seq), column.dtype), name
 
 
 def params_for(i):
@@ -131,7 +131,7 @@ def test_n_samples_get_their_own_rows_and_seeds(model_dir):
     engine.step()
     seqs = list(engine.scheduler.running["default"])
     assert len({s.row for s in seqs}) == 3
-    seeds = engine.runners["default"].sampler.columns["seed"][[s.row for s in seqs]]
+    seeds = engine.runners["default"].sampler.column("seed")[[s.row for s in seqs]]
     assert seeds.tolist() == [s.seed for s in seqs] and len(set(seeds.tolist())) == 3
     while engine.has_unfinished_requests():
         engine.step()
