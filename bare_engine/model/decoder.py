@@ -13,8 +13,8 @@ from torch.nn import functional as F
 
 from bare_engine.model.layers.attention import AttentionBackend, AttentionMetadata
 from bare_engine.model.config import ModelConfig
-from bare_engine.model.layers.linear import SINGLE_RANK
 from bare_engine.model.layers.linear import (
+    SINGLE_RANK,
     ColumnParallelLinear,
     RowParallelLinear,
     VocabParallelEmbedding,
@@ -22,6 +22,7 @@ from bare_engine.model.layers.linear import (
     even_piece,
     head_piece,
     linear,
+    pack_weight,
     padded_piece,
 )
 
@@ -34,9 +35,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalise in float32 and cast back before the weight, as transformers does.
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
 class RotaryEmbedding(nn.Module):
@@ -47,18 +46,22 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", freqs.cos(), persistent=False)
         self.register_buffer("sin", freqs.sin(), persistent=False)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x`` ``[N, heads, head_dim]`` by its token positions (rotate-half layout)."""
-        cos = self.cos[positions].unsqueeze(1).to(x.dtype)
-        sin = self.sin[positions].unsqueeze(1).to(x.dtype)
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    def angles(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin ``[N, 1, head_dim / 2]`` of the step's positions: looked up once, used by every layer."""
+        return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
+
+
+def rotate(x: torch.Tensor, angles: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate ``x`` ``[N, heads, head_dim]`` by its tokens' ``RotaryEmbedding.angles`` (rotate-half layout)."""
+    cos, sin = angles
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 class Attention(nn.Module):
     """This rank's query heads and KV heads (KV heads replicated when there are fewer than ranks)."""
 
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, group):
+    def __init__(self, config: ModelConfig, group):
         super().__init__()
         self.head_dim = config.head_dim
         q = even_piece(config.num_heads * self.head_dim, group)
@@ -73,12 +76,11 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.qk_norm = config.qk_norm
-        self.rotary = rotary
 
     def forward(
         self,
         x: torch.Tensor,
-        positions: torch.Tensor,
+        angles: tuple[torch.Tensor, torch.Tensor],
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         backend: AttentionBackend,
         meta: AttentionMetadata,
@@ -90,7 +92,7 @@ class Attention(nn.Module):
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q), self.rotary(positions, k)
+        q, k = rotate(q, angles), rotate(k, angles)
         out = backend.forward(q, k, v, kv_cache, meta, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
 
@@ -108,15 +110,15 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, group):
+    def __init__(self, config: ModelConfig, group):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, rotary, group)
+        self.self_attn = Attention(config, group)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config, group)
 
-    def forward(self, x, positions, kv_cache, backend, meta):
-        x = x + self.self_attn(self.input_layernorm(x), positions, kv_cache, backend, meta)
+    def forward(self, x, angles, kv_cache, backend, meta):
+        x = x + self.self_attn(self.input_layernorm(x), angles, kv_cache, backend, meta)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -124,7 +126,7 @@ class CausalLM(nn.Module):
     """Checkpoint names map onto these modules one to one, except q/k/v -> qkv_proj and gate/up -> gate_up_proj.
 
     ``group`` is the tensor-parallel rank this copy is (``SINGLE_RANK``: the whole model); see
-    ``bare_engine/distributed/layers.py`` for the layout.
+    ``bare_engine/model/layers/linear.py`` for the layout.
     """
 
     # HF sub-module name -> (fused module name, shard index)
@@ -140,14 +142,24 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.group = group
-        rotary = RotaryEmbedding(config, max_positions)
+        self.rotary = RotaryEmbedding(config, max_positions)
         self.model = nn.Module()
         self.model.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, group)
-        self.model.layers = nn.ModuleList(DecoderLayer(config, rotary, group) for _ in range(config.num_layers))
+        self.model.layers = nn.ModuleList(DecoderLayer(config, group) for _ in range(config.num_layers))
         self.model.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary = rotary
         if not config.tie_word_embeddings:
             self.lm_head = ColumnParallelLinear(config.hidden_size, [padded_piece(config.vocab_size, group)])
+        self.lm_head_packed: torch.Tensor | None = None
+
+    def pack_weights(self) -> None:
+        """Prepack every linear's loaded weight (and the LM head's) for the CPU; see ``layers.linear.pack_weight``."""
+        for module in self.modules():
+            if isinstance(module, (ColumnParallelLinear, RowParallelLinear)):
+                module.pack()
+        self.lm_head_packed = pack_weight(self._lm_head_weight())
+
+    def _lm_head_weight(self) -> torch.Tensor:
+        return self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
 
     @property
     def num_kv_heads(self) -> int:
@@ -163,14 +175,14 @@ class CausalLM(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         x = self.model.embed_tokens(input_ids)
+        angles = self.rotary.angles(positions, x.dtype)
         for layer, kv_cache in zip(self.model.layers, kv_caches):
-            x = layer(x, positions, kv_cache, backend, meta)
+            x = layer(x, angles, kv_cache, backend, meta)
         return self.model.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Float32 logits over the whole vocabulary on rank 0 (gathered from the ranks' shares); None elsewhere."""
-        weight = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        logits = self.group.gather(linear(hidden, weight))  # on the CPU a transposed view
+        logits = self.group.gather(linear(hidden, self._lm_head_weight(), packed=self.lm_head_packed))
         if logits is None:
             return None
         return logits[:, : self.config.vocab_size].float()

@@ -23,6 +23,9 @@ from bare_engine.model.layers.linear import Placement, replicated_placement
 from bare_engine.errors import CheckpointError
 from bare_engine.model.decoder import CausalLM
 
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+NAN_SAMPLE = 4096  # elements of each tensor checked for NaN (a strided sample: no extra pass over the weights)
+
 # Tensors some checkpoints carry that the engine recomputes or does not need.
 IGNORED = re.compile(r"(rotary_emb\.inv_freq|\.rotary_emb\.)")
 
@@ -40,11 +43,13 @@ def load_model(
     group=SINGLE_RANK,
 ) -> CausalLM:
     """Build ``group``'s shard of the model on ``device`` and fill it from the checkpoint."""
+    check_size_against_checkpoint(config, weights_dir)  # before allocating anything the config asks for
     with torch.device(device):
         model = CausalLM(config, max_positions=max_positions, group=group)
     model.to(dtype=dtype)
     model.rotary.to(torch.float32)  # cos/sin tables stay float32, cast per use
     load_weights(model, weights_dir, hook)
+    model.pack_weights()
     return model.eval()
 
 
@@ -74,12 +79,34 @@ class _TensorSlice:
         self.name = name
         self.handle = handle
         self.shape = tuple(handle.get_shape())
+        self.dtype = handle.get_dtype()  # safetensors' name: F32, BF16, I64, ...
 
     def read(self, index: tuple[slice, ...]) -> torch.Tensor:
         try:
             return self.handle[index]
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise CheckpointError(f"cannot read safetensors file {self.path.name}: {exc}") from None
+
+
+def config_num_parameters(config: ModelConfig) -> int:
+    """Parameters the config describes (weights only, no biases or norms): what the model will allocate."""
+    h, hd, inter = config.hidden_size, config.head_dim, config.intermediate_size
+    attention = h * hd * (2 * config.num_heads + 2 * config.num_kv_heads)
+    per_layer = attention + 3 * h * inter
+    embeddings = config.vocab_size * h * (1 if config.tie_word_embeddings else 2)
+    return config.num_layers * per_layer + embeddings
+
+
+def check_size_against_checkpoint(config: ModelConfig, weights_dir: Path) -> None:
+    """CheckpointError when config.json describes a model over twice the size the checkpoint holds (e.g. a
+    num_hidden_layers typo): the allocation would fail or exhaust memory before any tensor is compared."""
+    described, stored = config_num_parameters(config), checkpoint_num_parameters(weights_dir)
+    if described > 2 * stored:  # a few missing tensors are named precisely by load_weights instead
+        raise CheckpointError(
+            f"{config.path / 'config.json'} describes a model of {described:,} parameters "
+            f"({config.num_layers} layers, hidden size {config.hidden_size}, vocabulary {config.vocab_size}) "
+            f"but the checkpoint in {weights_dir} holds {stored:,}; the config does not belong to these weights"
+        )
 
 
 def checkpoint_num_parameters(model_dir: Path) -> int:
@@ -113,9 +140,13 @@ def load_weights(model: CausalLM, model_dir: Path, hook: TensorHook | None = Non
             raise CheckpointError(f"unexpected tensor {hf_name!r} in checkpoint (no such parameter in {model.config.architecture})")
         param = params[name]
         place = _placement(model, name, shard, param)
+        if tensor_slice.dtype not in FLOAT_DTYPES:
+            raise CheckpointError(f"tensor {hf_name!r} has dtype {tensor_slice.dtype}; weights must be floating point "
+                                  f"({', '.join(FLOAT_DTYPES)})")
         if tensor_slice.shape != place.full_shape:
             raise CheckpointError(f"tensor {hf_name!r} has shape {tensor_slice.shape}, expected {place.full_shape}")
         tensor = tensor_slice.read(place.index)
+        _check_values(hf_name, tensor)
         if hook is not None:
             tensor = hook(hf_name, tensor, place)
         target = param.data.narrow(0, place.offset, tensor.shape[0])
@@ -128,6 +159,14 @@ def load_weights(model: CausalLM, model_dir: Path, hook: TensorHook | None = Non
         missing = sorted(expected)
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise CheckpointError(f"checkpoint {model_dir} is missing tensor(s) {', '.join(missing[:3])}{more}")
+
+
+def _check_values(hf_name: str, tensor: torch.Tensor) -> None:
+    """CheckpointError when a strided sample of the tensor holds NaN (a broken or all-NaN checkpoint)."""
+    flat = tensor.reshape(-1)
+    sample = flat[:: max(1, flat.numel() // NAN_SAMPLE)]
+    if sample.numel() and torch.isnan(sample.float()).any():
+        raise CheckpointError(f"tensor {hf_name!r} holds NaN values; the checkpoint is broken")
 
 
 def _placement(model: CausalLM, name: str, shard: int | None, param: torch.Tensor) -> Placement:

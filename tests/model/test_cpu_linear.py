@@ -1,5 +1,5 @@
-"""The CPU's linear in sgemm's other orientation: F.linear's values, a transposed view for short inputs,
-and a sampler that gives the same tokens and logprobs from such a view as from contiguous logits."""
+"""The CPU's linear through oneDNN's prepacked weights: F.linear's values for any number of rows, and a
+sampler that gives the same tokens and logprobs from a transposed view of the logits as from contiguous ones."""
 
 import numpy as np
 import pytest
@@ -7,29 +7,44 @@ import torch
 from torch.nn import functional as F
 
 from bare_engine.engine.sequence import Sequence
-from bare_engine.model.layers.linear import CPU_SHORT_ROWS, CPU_WIDE_OUTPUT, linear
+from bare_engine.model.layers.linear import PACK_BATCH_HINT, ColumnParallelLinear, Piece, linear, pack_weight
 from bare_engine.sample.sampler import Sampler
 from bare_engine.sampling_params import SamplingParams
 
 
-@pytest.mark.parametrize("rows, out_features, bias", [
-    (1, 96, False), (CPU_SHORT_ROWS, 96, True), (CPU_SHORT_ROWS + 1, 96, True), (300, CPU_WIDE_OUTPUT, False),
-])
-def test_linear_matches_f_linear(rows, out_features, bias):
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("rows, bias", [(1, False), (7, True), (PACK_BATCH_HINT, True), (300, False)])
+def test_packed_linear_matches_f_linear(rows, bias, dtype, tol):
     gen = torch.Generator().manual_seed(rows)
-    x = torch.randn(rows, 48, generator=gen)
-    w = torch.randn(out_features, 48, generator=gen)
-    b = torch.randn(out_features, generator=gen) if bias else None
-    y = linear(x, w, b)
-    torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
-    transposed = rows <= CPU_SHORT_ROWS or out_features >= CPU_WIDE_OUTPUT
-    if rows > 1:  # the (W @ x.T).T view, or F.linear's rows
-        assert (y.stride(0) == 1) == transposed
+    x = torch.randn(rows, 48, generator=gen).to(dtype)
+    w = torch.randn(96, 48, generator=gen).to(dtype)
+    b = torch.randn(96, generator=gen).to(dtype) if bias else None
+    packed = pack_weight(w)
+    assert packed is not None
+    y = linear(x, w, b, packed)
+    assert y.dtype == dtype and y.shape == (rows, 96) and y.is_contiguous()
+    want = F.linear(x.float(), w.float(), None if b is None else b.float())
+    torch.testing.assert_close(y.float(), want, rtol=tol, atol=tol * 10)
 
 
-def test_three_dimensional_inputs_use_f_linear():
+def test_unpacked_and_three_dimensional_inputs_use_f_linear():
     x, w = torch.randn(2, 3, 8), torch.randn(5, 8)
-    assert torch.equal(linear(x, w), F.linear(x, w))
+    assert torch.equal(linear(x, w, packed=pack_weight(w)), F.linear(x, w))
+    assert torch.equal(linear(x[0], w), F.linear(x[0], w))
+
+
+def test_pack_weight_skips_what_onednn_does_not_pack():
+    assert pack_weight(torch.randn(4, 8, dtype=torch.float16)) is None
+
+
+def test_a_layer_packs_its_loaded_weight():
+    layer = ColumnParallelLinear(8, [Piece.whole(6)])
+    layer.weight.data.copy_(torch.randn(6, 8))
+    x = torch.randn(3, 8)
+    before = layer(x)
+    layer.pack()
+    assert layer.packed is not None
+    torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-5)
 
 
 def _seqs(params_list):
@@ -49,7 +64,7 @@ def _mixed_params():
 
 def test_sampler_gives_the_same_tokens_from_a_transposed_view():
     vocab, rows = 300, 6
-    logits = torch.randn(vocab, rows, generator=torch.Generator().manual_seed(0)).t()  # as linear returns it
+    logits = torch.randn(vocab, rows, generator=torch.Generator().manual_seed(0)).t()
     assert not logits.is_contiguous()
     results = []
     for view in (logits, logits.contiguous()):
