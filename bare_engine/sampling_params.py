@@ -98,14 +98,20 @@ class SamplingParams:
         """Check every field against the range its storage holds (top_k int32, seeds int64, floats float32,
         text UTF-8); InvalidSamplingParamsError naming the field otherwise. Token ids are checked against
         the model's vocabulary at intake."""
-        self.stop_strings = [self.stop] if isinstance(self.stop, str) else _list("stop", self.stop or [])
+        self._validate_numbers()
+        self._validate_tokens_and_text()
+        self._validate_rules()
+        self._validate_structured()
+        object.__setattr__(self, "_valid", True)
+
+    def _validate_numbers(self) -> None:
         self.n = _integer("n", self.n, 1, MAX_N)
         self.temperature = _real("temperature", self.temperature, 0.0, FLOAT32_MAX)
         if 0.0 < self.temperature < MIN_TEMPERATURE:  # vLLM's clamp: smaller ones overflow the logits
             self.temperature = MIN_TEMPERATURE
         self.top_p = _real("top_p", self.top_p, 0.0, 1.0, low_open=True)
         self.top_k = _integer("top_k", self.top_k, -1, INT32_MAX,
-                              "-1 (disabled), 0 (disabled) or a positive integer")
+                              "-1 (disabled), 0 (disabled) or a positive integer below 2**31")
         self.min_p = _real("min_p", self.min_p, 0.0, 1.0)
         self.repetition_penalty = _real("repetition_penalty", self.repetition_penalty,
                                         MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY)
@@ -117,6 +123,9 @@ class SamplingParams:
             self.logprobs = _integer("logprobs", self.logprobs, 0, MAX_LOGPROBS)
         if self.seed is not None:
             self.seed = _integer("seed", self.seed, INT64_MIN, INT64_MAX, "an integer that fits int64")
+
+    def _validate_tokens_and_text(self) -> None:
+        self.stop_strings = [self.stop] if isinstance(self.stop, str) else _list("stop", self.stop or [])
         for s in self.stop_strings:
             if not isinstance(s, str) or not s:
                 _bad(f"stop strings must be non-empty strings, got {s!r}")
@@ -137,6 +146,8 @@ class SamplingParams:
             if not seqs or any(len(s) == 0 for s in seqs):
                 _bad("allowed_token_sequences must be a non-empty list of non-empty token lists")
             self.allowed_token_sequences = seqs
+
+    def _validate_rules(self) -> None:
         if self.logits_processors is not None:  # "module:function" names become the functions
             from bare_engine.sample.logits_processors import resolve_processors
 
@@ -145,8 +156,6 @@ class SamplingParams:
             from bare_engine.sample.sampling_steps import validate_steps
 
             validate_steps(self.sampling_steps)
-        self._validate_structured()
-        object.__setattr__(self, "_valid", True)
 
     def _validate_structured(self) -> None:
         if self.prompt_logprobs is not None:

@@ -13,6 +13,14 @@ The default workload is issue 31's: 32 requests, random prompt token ids 16-512 
 samples (top_p 0.9, top_k 50, temperature 0.8) instead; ``--num-requests`` and the length
 options give the variants. Writes JSON: both systems' tokens/s per round, the medians, the ratio,
 greedy token agreement, the machine and the versions.
+
+``--bare-job N`` runs the BARE job end to end instead: the gsm8k preset with the model as both base and
+instruct, N candidates through both stages, ``--job-max-tokens`` for both stages. bare-engine:
+``bare-engine run --preset gsm8k --max-candidates N`` (wall time of the command, model loading
+included). vLLM: its OpenAI server (started first, not timed) driven by the BARE paper's client
+pattern, a thread pool of 32 where each candidate makes a ``/v1/completions`` base call and then,
+when the base output parses, a ``/v1/chat/completions`` refine call, with the same prompts (built by
+bare-engine's own StagePlanner) and sampling parameters, unseeded as the paper's code runs.
 """
 
 from __future__ import annotations
@@ -130,6 +138,116 @@ def measure(args, dtype: str, vllm_python: str | None) -> dict:
     return result
 
 
+def bare_job_bare(args, out: Path) -> dict:
+    command = [str(Path(sys.executable).with_name("bare-engine")), "run", "--preset", "gsm8k", "--base", str(args.model),
+               "--instruct", str(args.model), "--num", str(args.bare_job), "--max-candidates", str(args.bare_job),
+               "--base-max-tokens", str(args.job_max_tokens), "--refine-max-tokens", str(args.job_max_tokens),
+               "--dtype", args.dtype[0], "--device", "cpu", "--out", str(out), "--no-progress"]
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env=thread_env(args.threads), timeout=args.timeout)
+    seconds = time.perf_counter() - start
+    if proc.returncode not in (0, 3):  # 3: fewer valid records than --num, every candidate tried
+        raise RuntimeError(f"bare-engine run failed: {proc.stderr[-2000:]}")
+    return {"seconds": seconds, "valid_records": out.read_text().count("\n") if out.exists() else 0}
+
+
+def bare_job_vllm(args, vllm_python: str) -> dict:
+    """The paper's client pattern against vLLM's server; the server's start-up is not timed."""
+    import socket
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from bare_engine.model.tokenizer import load_tokenizer
+    from bare_engine.pipeline.config import load_config
+    from bare_engine.pipeline.seeds import load_seeds
+    from bare_engine.pipeline.stages import StagePlanner
+
+    cfg = load_config(None, {"preset": "gsm8k", "base": str(args.model), "instruct": str(args.model),
+                             "num": args.bare_job, "sampling.base.max_tokens": args.job_max_tokens,
+                             "sampling.refine.max_tokens": args.job_max_tokens})
+    tokenizer = load_tokenizer(args.model)
+    planner = StagePlanner(cfg, load_seeds(cfg.seeds, cfg.fields, cfg.id_field, cfg.k), lambda _: tokenizer)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(args.model),
+                               "--served-model-name", "smol", "--dtype", args.dtype[0], "--port", str(port),
+                               "--host", "127.0.0.1", "--max-num-seqs", str(args.max_num_seqs),
+                               "--generation-config", "vllm"],
+                              env=thread_env(args.threads), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def post(route: str, body: dict) -> dict:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{route}", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            return json.loads(response.read())
+
+    def sampling(params) -> dict:
+        return {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens,
+                "stop": params.stop_strings or None}
+
+    def one(index: int) -> bool:
+        cand = planner.candidate(index)
+        _, prompt, params, _ = planner.request(cand, "base")
+        choice = post("/v1/completions", {"model": "smol", "prompt": prompt, **sampling(params)})["choices"][0]
+        output = SimpleNamespace(outputs=[SimpleNamespace(text=choice["text"], finish_reason=choice["finish_reason"],
+                                                          token_ids=[])], prompt_token_ids=[])
+        planner.finish(cand, "base", output)
+        if not cand.valid:
+            return False
+        shots = [s.fields for s in cand.shots]
+        message = cfg.templates.refine(cfg.task, shots, cand.fields, cand.grounding)
+        messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + \
+            [{"role": "user", "content": message}]
+        params = cfg.sampling.refine.params(0)
+        choice = post("/v1/chat/completions", {"model": "smol", "messages": messages, **sampling(params)})["choices"][0]
+        output.outputs[0] = SimpleNamespace(text=choice["message"]["content"], finish_reason=choice["finish_reason"],
+                                            token_ids=[])
+        planner.finish(cand, "refine", output)
+        return cand.valid
+
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("vLLM's server did not start") from None
+                time.sleep(2)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(32) as pool:
+            valid = sum(pool.map(one, range(args.bare_job)))
+        return {"seconds": time.perf_counter() - start, "valid_records": valid}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def bare_job(args, vllm_python: str | None) -> dict:
+    import tempfile
+
+    rounds = {"bare_engine": [], "vllm": []}
+    for r in range(args.repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            rounds["bare_engine"].append(bare_job_bare(args, Path(tmp) / "bare.jsonl"))
+        print(f"bare job round {r + 1} bare-engine: {rounds['bare_engine'][-1]}", flush=True)
+        if vllm_python:
+            rounds["vllm"].append(bare_job_vllm(args, vllm_python))
+            print(f"bare job round {r + 1} vLLM: {rounds['vllm'][-1]}", flush=True)
+    median = {k: statistics.median(x["seconds"] for x in v) for k, v in rounds.items() if v}
+    result = {"candidates": args.bare_job, "max_tokens": args.job_max_tokens, "dtype": args.dtype[0],
+              "rounds": rounds, "median_seconds": median}
+    if "vllm" in median:
+        result["speedup_bare_over_vllm"] = median["vllm"] / median["bare_engine"]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="Hugging Face model directory (both systems).")
@@ -148,15 +266,23 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=49152, help="Prompt token ids are drawn below this.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=1800)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/peer_vllm_cpu.json"))
+    parser.add_argument("--bare-job", type=int, default=0, metavar="N",
+                        help="Run the BARE job end to end with N candidates instead of the throughput workload.")
+    parser.add_argument("--job-max-tokens", type=int, default=256, help="--bare-job: max_tokens of both stages.")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: benchmarks/results/peer_vllm_cpu.json (peer_vllm_bare_job_cpu.json with --bare-job)")
     args = parser.parse_args()
+    args.out = args.out or Path("benchmarks/results") / ("peer_vllm_bare_job_cpu.json" if args.bare_job else "peer_vllm_cpu.json")
 
     vllm_python = args.vllm_venv / "bin" / "python"
     if not vllm_python.is_file():
         print(f"vLLM not found in {args.vllm_venv}: measuring bare-engine alone (see this file's docstring)")
         vllm_python = None
     started = time.time()
-    results = [measure(args, dtype, str(vllm_python) if vllm_python else None) for dtype in args.dtype]
+    if args.bare_job:
+        results = [bare_job(args, str(vllm_python) if vllm_python else None)]
+    else:
+        results = [measure(args, dtype, str(vllm_python) if vllm_python else None) for dtype in args.dtype]
     report = {
         "benchmark": "peer_vllm", "workload": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
@@ -166,6 +292,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for r in results:
+        if args.bare_job:
+            print(f"BARE job: {r['median_seconds']}, speedup {r.get('speedup_bare_over_vllm', 0):.2f}x")
+            continue
         ratio = r.get("ratio_bare_over_vllm")
         print(f"{r['dtype']}: bare-engine {r['median_tok_s']['bare_engine']:.1f} tok/s"
               + (f", vLLM {r['median_tok_s']['vllm']:.1f} tok/s, ratio {ratio:.2f}x" if ratio else "")
