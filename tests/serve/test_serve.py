@@ -32,12 +32,6 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def offline():
     return {name: LLM(path, engine_config(num_kv_blocks=64)) for name, path in
             (("base", BASE_MODEL_DIR), ("instruct", INSTRUCT_MODEL_DIR))}

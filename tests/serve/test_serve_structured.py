@@ -38,12 +38,6 @@ def server():
         yield srv
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60) as c:
-        yield c
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_parse_with_a_pydantic_model(client, seed):
     completion = client.chat.completions.parse(model="instruct", messages=CHAT, response_format=Problem,
