@@ -245,6 +245,36 @@ def bare_job(args, vllm_python: str | None) -> dict:
     return result
 
 
+def plot(report: dict, path: Path) -> None:
+    """Bars of both systems' tokens/s per dtype (each round a dot), when matplotlib is installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    results = [r for r in report["results"] if "output_tok_s" in r]
+    if not results:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, r in enumerate(results):
+        for j, (name, rounds) in enumerate(sorted(r["output_tok_s"].items())):
+            x = i + (j - 0.5) * 0.35
+            ax.bar(x, statistics.median(rounds), 0.35, color=f"C{j}", label=name if i == 0 else None)
+            ax.plot([x] * len(rounds), rounds, "k.", markersize=4)
+        if "ratio_bare_over_vllm" in r:
+            ax.annotate(f"{r['ratio_bare_over_vllm']:.2f}x", (i, max(map(max, r["output_tok_s"].values()))),
+                        ha="center", va="bottom")
+    ax.set_xticks(range(len(results)), [r["dtype"] for r in results])
+    ax.set_ylabel("output tokens/s (median, rounds as dots)")
+    ax.set_title(f"{Path(report['workload']['model']).name}, {report['workload']['threads']} CPU threads")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="Hugging Face model directory (both systems).")
@@ -288,6 +318,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, args.out.with_suffix(".png"))
     for r in results:
         if args.bare_job:
             print(f"BARE job: {r['median_seconds']}, speedup {r.get('speedup_bare_over_vllm', 0):.2f}x")
