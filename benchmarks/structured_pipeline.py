@@ -2,6 +2,7 @@
 
     python benchmarks/structured_pipeline.py [--num 24] [--mode bare] [--max-tokens 256]
     python benchmarks/structured_pipeline.py --mode instruct --instruct smollm2 --num 8
+    python benchmarks/structured_pipeline.py --mode instruct --instruct smollm2 --preset gsm8k --num 8
 
 Each variant is a fresh run of the default config (demo models, seeds and templates) to ``--num``
 records, same run seed. Reports records/s and the drop rate (dropped candidates / candidates) with the
@@ -21,7 +22,8 @@ from bare_engine.pipeline.config import load_config
 from bare_engine.pipeline.run import run_pipeline
 
 
-def one_run(tmp: Path, mode: str, num: int, max_tokens: int, structured: bool, instruct: str | None) -> dict:
+def one_run(tmp: Path, mode: str, num: int, max_tokens: int, structured: bool, instruct: str | None,
+            preset: str | None) -> dict:
     stage = "refine" if mode == "bare" else mode
     out = tmp / f"{mode}_{structured}.jsonl"
     overrides = {"mode": mode, "num": num, "progress": False, "out": str(out), "engine.device": "cpu",
@@ -29,6 +31,8 @@ def one_run(tmp: Path, mode: str, num: int, max_tokens: int, structured: bool, i
                  f"sampling.{stage}.structured": structured}
     if instruct:
         overrides["instruct"] = instruct
+    if preset:
+        overrides["preset"] = preset
     cfg = load_config(None, overrides)
     result = run_pipeline(cfg, log=lambda _: None)
     candidates = max(result.candidates, 1)
@@ -43,7 +47,8 @@ def one_run(tmp: Path, mode: str, num: int, max_tokens: int, structured: bool, i
 @click.option("--max-tokens", default=256, show_default=True)
 @click.option("--instruct", default=None, help="Instruct model folder (default: the demo's); 'smollm2' for "
               "SmolLM2-135M-Instruct (bare_engine.model.gguf_import.smollm2_dir).")
-def main(num: int, mode: str, max_tokens: int, instruct: str | None) -> None:
+@click.option("--preset", default=None, help="A BARE paper task preset (its seeds, task and templates), e.g. gsm8k.")
+def main(num: int, mode: str, max_tokens: int, instruct: str | None, preset: str | None) -> None:
     name = "demo"
     if instruct == "smollm2":
         from bare_engine.model.gguf_import import smollm2_dir
@@ -51,9 +56,11 @@ def main(num: int, mode: str, max_tokens: int, instruct: str | None) -> None:
         instruct, name = str(smollm2_dir()), "smollm2"
     with tempfile.TemporaryDirectory() as tmp:
         results = {"mode": mode, "num": num, "max_tokens": max_tokens, "instruct": instruct or "demo",
-                   "plain": one_run(Path(tmp), mode, num, max_tokens, False, instruct),
-                   "structured": one_run(Path(tmp), mode, num, max_tokens, True, instruct)}
-    out = Path(__file__).parent / "results" / f"structured_pipeline_{mode}_{name}.json"
+                   "preset": preset,
+                   "plain": one_run(Path(tmp), mode, num, max_tokens, False, instruct, preset),
+                   "structured": one_run(Path(tmp), mode, num, max_tokens, True, instruct, preset)}
+    suffix = f"_{preset}" if preset else ""
+    out = Path(__file__).parent / "results" / f"structured_pipeline_{mode}_{name}{suffix}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 

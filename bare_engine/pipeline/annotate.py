@@ -1,7 +1,8 @@
 """Annotate mode: a (fine-tuned) teacher labels unlabeled examples, one record per input line.
 
 Classification (config `labels` set): the output is constrained to the label set through the
-sampler's allowed-token mask (a token trie, so multi-token labels work) and the record holds
+sampler's allowed-token mask (a token trie, so multi-token labels work; or, with
+`label_constraint = "choice"`, a structured-outputs choice over any tokenization) and the record holds
 the label and its probability under that constrained distribution (greedy by default:
 sampling.annotate.temperature = 0). Generation (no `labels`): free text up to a stop string.
 
@@ -30,6 +31,7 @@ from bare_engine.utils.jsonl import read_jsonl_rows
 from bare_engine.pipeline.seeds import Example, _fields, load_seeds
 from bare_engine.pipeline.stages import Candidate, StagePlanner, derive_seed, request_id
 from bare_engine.sampling_params import SamplingParams
+from bare_engine.structured import StructuredOutputsParams
 from bare_engine.model.tokenizer import load_tokenizer
 
 STAGE = "annotate"
@@ -114,9 +116,19 @@ class AnnotatePlanner(StagePlanner):
         sampling = self.cfg.sampling.annotate
         if self.label_ids is None:
             return sampling.params(seed, stop=self.cfg.stop or None)
+        if self.cfg.label_constraint == "choice":  # any tokenization of lead + label; a token holds >= 1 character
+            values = {**sampling.sampling_values(), "max_tokens": max(map(len, self.choices)) + 1}
+            return SamplingParams(**values, seed=seed, logprobs=0,
+                                  structured_outputs=StructuredOutputsParams(choice=self.choices))
         longest = max(len(ids) for ids in self.label_ids)  # + 1: the end token after a prefix label
         values = {**sampling.sampling_values(), "max_tokens": longest + 1}
         return SamplingParams(**values, seed=seed, logprobs=0, allowed_token_sequences=self.label_ids)
+
+    @property
+    def choices(self) -> list[str]:
+        """label_constraint "choice": each label as the teacher writes it, after the answer's lead whitespace."""
+        lead = self.prompt.answer_context[1]
+        return [lead + label for label in self.cfg.labels]
 
     def finish(self, cand: Candidate, stage: str, output) -> None:
         completion = output.outputs[0]
@@ -140,7 +152,10 @@ class AnnotatePlanner(StagePlanner):
             if completion.finish_reason == "length" and self.cfg.drop_truncated:
                 return None, None
             return completion.text.strip() or None, None
-        index = match_label(completion.token_ids, self.label_ids)
+        if self.cfg.label_constraint == "choice":
+            index = self.choices.index(completion.text) if completion.text in self.choices else None
+        else:
+            index = match_label(completion.token_ids, self.label_ids)
         if index is None:
             return None, None
         # 6 significant digits: the float32 forward pass is not bit-identical across batch shapes.

@@ -98,6 +98,9 @@ def _literal_before(example: str, label_field: str) -> str:
     return next(literal for literal, name, _, _ in reversed(parts) if name == label_field)
 
 
+LABEL_CONSTRAINTS = ("trie", "choice")
+
+
 def validate_annotate(cfg) -> None:
     """ConfigError for annotate keys that cannot work (no files read)."""
     if not cfg.input:
@@ -112,6 +115,8 @@ def validate_annotate(cfg) -> None:
     if cfg.label_field in cfg.input_fields:
         raise ConfigError(f"label_field '{cfg.label_field}' is also one of the input_fields")
     _validate_labels(cfg.labels)
+    if cfg.label_constraint not in LABEL_CONSTRAINTS:
+        raise ConfigError(f"label_constraint must be one of {', '.join(LABEL_CONSTRAINTS)}, got {cfg.label_constraint!r}")
     if any(not s for s in cfg.stop):
         raise ConfigError("stop strings must not be empty")
     _validate_templates(cfg)

@@ -120,6 +120,8 @@ class PipelineConfig:
     input_fields: list[str] = field(default_factory=lambda: ["text"])
     label_field: str = "label"
     labels: list[str] | None = None  # the label set; leave out for a generation task
+    # how the output is held to the label set: "trie" (the labels' own tokens) or "choice" (structured outputs)
+    label_constraint: str = "trie"
     annotate_template: str = DEFAULT_ANNOTATE_TEMPLATE  # {task} {labels} {examples} {input}
     annotate_example: str = ""  # one example, ending with {<label_field>}; "": "Name: {field}" lines
     stop: list[str] = field(default_factory=lambda: list(DEFAULT_STOP))  # generation tasks' stop strings
@@ -347,7 +349,10 @@ RESUME_FREE_KEYS = {
     *(f"engine.{f.name}" for f in engine_options() if f.metadata["resume_free"]),
 }
 # Keys only annotate mode reads: part of its resume key only (older manifests lack them).
-ANNOTATE_KEYS = {"input_fields", "label_field", "labels", "annotate_template", "annotate_example", "stop"}
+ANNOTATE_KEYS = {"input_fields", "label_field", "labels", "annotate_template", "annotate_example", "stop",
+                 "label_constraint"}
+# Keys added after manifests were written: left out of the resume key at their default, so those runs resume.
+LATER_KEY_DEFAULTS = {"label_constraint": "trie"}
 
 
 def engine_config(cfg: PipelineConfig) -> EngineConfig:
@@ -361,6 +366,8 @@ def resume_key(cfg: PipelineConfig) -> dict[str, object]:
     flat = {}
     for key in config_keys():
         if key.dotted in RESUME_FREE_KEYS or (key.dotted in ANNOTATE_KEYS and cfg.mode != "annotate"):
+            continue
+        if key.dotted in LATER_KEY_DEFAULTS and getattr(cfg, key.dotted) == LATER_KEY_DEFAULTS[key.dotted]:
             continue
         if key.path[0] == "sampling" and key.path[1] not in cfg.stages:
             continue

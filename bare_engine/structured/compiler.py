@@ -29,7 +29,8 @@ def import_xgrammar():
 
 
 def choice_regex(choices: list[str]) -> str:
-    return "(" + "|".join(re.escape(c) for c in choices) + ")"
+    # re.escape also escapes spaces, which xgrammar's regex reader warns about; a space needs none.
+    return "(" + "|".join(re.escape(c).replace("\\ ", " ") for c in choices) + ")"
 
 
 class GrammarCompiler:

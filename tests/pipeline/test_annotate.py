@@ -159,6 +159,32 @@ def test_labels_are_constrained_and_probabilities_match_the_reference(root, tmp_
         assert r["annotate"]["prompt_tokens"] == len(ids) and r["seed_ids"] == ["s0", "s1", "s2"]
 
 
+def test_choice_constraint_labels_every_input_from_the_label_set(root, tmp_path):
+    """label_constraint "choice": structured outputs over lead + label, any tokenization of it."""
+    pytest.importorskip("xgrammar")
+    trie = read_records(run_and_check(annotate_config(root, tmp_path / "trie.jsonl")))
+    choice = read_records(run_and_check(annotate_config(root, tmp_path / "choice.jsonl", label_constraint="choice")))
+    assert [r["id"] for r in choice] == [r["id"] for r in trie]
+    for r in choice:
+        assert r["label"] in LABELS and 0.0 < r["label_prob"] <= 1.0
+        assert r["annotate"]["text"] == " " + r["label"] and r["annotate"]["finish_reason"] == "stop"
+        assert r["fields"]["label"] == r["label"]
+
+
+def run_and_check(cfg):
+    assert run_pipeline(cfg, log=quiet).complete
+    return cfg.out
+
+
+def test_label_constraint_joins_the_resume_key_only_when_set(root, tmp_path):
+    from bare_engine.pipeline.config import resume_key
+
+    assert "label_constraint" not in resume_key(annotate_config(root, tmp_path / "a.jsonl"))  # older manifests resume
+    assert resume_key(annotate_config(root, tmp_path / "a.jsonl", label_constraint="choice"))["label_constraint"] == "choice"
+    with pytest.raises(ConfigError, match="label_constraint must be one of trie, choice, got 'regex'"):
+        annotate_config(root, tmp_path / "a.jsonl", label_constraint="regex")
+
+
 def test_sampled_labels_carry_probabilities_that_sum_to_one(root, tmp_path):
     """Two labels, the same input many times at temperature 1: both labels come up, and the
     probability recorded with each is the model's; the two add up to 1."""
