@@ -137,9 +137,10 @@ class TokenBytes:
         return cls(table + [b""] * (vocab_size - len(table)))
 
 
-def _byte_level_table(tokenizer, skip_special_tokens: bool) -> list[bytes] | None:
+def byte_level_alphabet(tokenizer) -> dict[str, int] | None:
+    """GPT-2's byte-level alphabet (character -> byte) when the tokenizer decodes through it, else None."""
     raw = getattr(tokenizer, "_tokenizer", None)
-    if raw is None or getattr(tokenizer, "clean_up_tokenization_spaces", False):
+    if raw is None:
         return None
     try:
         from tokenizers import decoders
@@ -147,7 +148,14 @@ def _byte_level_table(tokenizer, skip_special_tokens: bool) -> list[bytes] | Non
         return None
     if not isinstance(raw.decoder, decoders.ByteLevel):
         return None
-    char_to_byte = {c: b for b, c in _bytes_to_unicode().items()}
+    return _CHAR_TO_BYTE
+
+
+def _byte_level_table(tokenizer, skip_special_tokens: bool) -> list[bytes] | None:
+    char_to_byte = byte_level_alphabet(tokenizer)
+    if char_to_byte is None or getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return None
+    raw = tokenizer._tokenizer
     added = raw.get_added_tokens_decoder()
     table = []
     for token_id in range(raw.get_vocab_size(with_added_tokens=True)):
@@ -173,3 +181,6 @@ def _bytes_to_unicode() -> dict[int, str]:
             chars.append(256 + n)
             n += 1
     return dict(zip(printable, map(chr, chars)))
+
+
+_CHAR_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}  # read-only; byte_level_alphabet returns it

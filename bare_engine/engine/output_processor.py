@@ -15,8 +15,12 @@ class OutputProcessor:
         self.eos_ids = eos_ids  # model -> its EOS token ids
 
     def add_token(self, seq: Sequence, token: int, logprobs: dict[int, float] | None, eos_ids: set[int]) -> bool:
-        """Append a sampled token to ``seq``; True when it ends the sequence. Anything that fails here
-        (stop checks, detokenization) fails only ``seq``: finish_reason "error", with the message."""
+        """Append a sampled token to ``seq``; True when it ends the sequence. A sequence that failed while
+        its token was sampled (``seq.error``: packing, a logits processor) ends without it; anything that
+        fails here (stop checks, detokenization) fails only ``seq``: finish_reason "error", with the message."""
+        if seq.error is not None:  # the token is not its own
+            seq.finish_reason = "error"
+            return True
         try:  # free unless it raises (Python 3.11)
             tokens = seq.token_ids
             tokens.append(token)

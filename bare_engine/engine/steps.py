@@ -82,9 +82,7 @@ class SynchronousSteps:
         eos_ids, add_token = self.outputs.eos_ids[batch.model], self.outputs.add_token
         logprobs = result.logprobs if result.logprobs is not None else itertools.repeat(None)
         for seq, token, token_logprobs in zip(result.seqs, result.token_ids, logprobs):
-            if seq.error is not None:  # it failed in sampling (packing, a logits processor): the token is not its own
-                seq.finish_reason = "error"
-            elif not add_token(seq, token, token_logprobs, eos_ids):
+            if not add_token(seq, token, token_logprobs, eos_ids):
                 continue
             output = self.outputs.finish(seq)
             if output is not None:
@@ -143,10 +141,7 @@ class OverlappedSteps(SynchronousSteps):
             if seq.status is FINISHED:  # finished (or aborted) while this step ran: the token is not its own
                 continue
             seq.num_pending -= 1
-            if seq.error is not None:  # it failed while its row was packed: the token is not its own
-                seq.finish_reason = "error"
-            if seq.error is not None or add_token(seq, result.token_ids[i],
-                                                  logprobs[i] if logprobs is not None else None, eos_ids):
+            if add_token(seq, result.token_ids[i], logprobs[i] if logprobs is not None else None, eos_ids):
                 seq.num_pending = 0  # the next step's pending token, if it was scheduled, is discarded
                 output = self.outputs.finish(seq)
                 if output is not None:

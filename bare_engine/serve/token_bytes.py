@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import re
 
-from bare_engine.engine.detokenizer import _bytes_to_unicode
+from bare_engine.engine.detokenizer import byte_level_alphabet
 
-_CHAR_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}  # GPT-2's byte-level alphabet, inverted
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte-fallback tokens
 
 
@@ -16,17 +15,9 @@ def token_bytes(tokenizer, token_id: int) -> bytes:
     tokens as their byte, anything else as its decoded text."""
     token = tokenizer.convert_ids_to_tokens(token_id)
     if isinstance(token, str):
-        if _is_byte_level(tokenizer) and all(c in _CHAR_TO_BYTE for c in token):
-            return bytes(_CHAR_TO_BYTE[c] for c in token)
+        char_to_byte = byte_level_alphabet(tokenizer)
+        if char_to_byte is not None and all(c in char_to_byte for c in token):
+            return bytes(char_to_byte[c] for c in token)
         if match := _BYTE_TOKEN.fullmatch(token):
             return bytes([int(match.group(1), 16)])
     return tokenizer.decode([token_id], skip_special_tokens=False).encode()
-
-
-def _is_byte_level(tokenizer) -> bool:
-    raw = getattr(tokenizer, "_tokenizer", None)
-    if raw is None:
-        return False
-    from tokenizers import decoders
-
-    return isinstance(raw.decoder, decoders.ByteLevel)
