@@ -32,7 +32,7 @@ class EngineConfig:
     max_model_len: int | None = setting(None, "Context length (default: the model's).")
     enable_prefix_caching: bool = setting(True, "Reuse the KV blocks of shared prompt prefixes.", resume_free=True)
     seed: int = setting(0, "Seed of the stream that seeds requests without a seed.", option=False)
-    attention_backend: str = setting("auto", "auto, torch, triton or flash_attn.")
+    attention_backend: str = setting("auto", "auto, torch, cpu, triton or flash_attn.")
     sampler_backend: str = setting("auto", "auto (Triton on CUDA, the torch reference elsewhere), torch or triton.",
                                    resume_free=True)
     kv_split_ratio: float = setting(0.5, "Share of the KV budget of the first model's pool when models cannot share one.",

@@ -5,11 +5,14 @@ every sequence in the step has exactly one query token, ``prefill`` (variable-le
 causal over the paged context) otherwise. Backends:
 
 - ``torch``: the reference in ``kernels/attention_ref.py``; runs everywhere.
+- ``cpu``: ``kernels/cpu_attention.c``, native code compiled on first use, reading K/V in place;
+  CPU only; float32 and bfloat16 (other dtypes take the reference).
 - ``triton``: ``kernels/attention.py``; CUDA, or CPU under ``TRITON_INTERPRET=1``.
 - ``flash_attn``: flash-attn's paged kernels, when importable on CUDA.
 
 Selection: ``EngineConfig.attention_backend`` or the ``BARE_ENGINE_ATTENTION_BACKEND``
-environment variable ("auto" picks flash_attn, then triton on CUDA, else torch).
+environment variable ("auto" picks flash_attn, then triton on CUDA; cpu on the CPU when a C
+compiler could build it, else torch).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from bare_engine.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 BACKEND_ENV = "BARE_ENGINE_ATTENTION_BACKEND"
-BACKENDS = ("auto", "torch", "triton", "flash_attn")
+BACKENDS = ("auto", "torch", "cpu", "triton", "flash_attn")
 
 
 @dataclass
@@ -79,6 +82,26 @@ class TorchBackend(AttentionBackend):
                                                 k_cache.shape[1], k_cache.shape[2], q.shape[1] // k_cache.shape[2])
             meta.torch_plan = plan
         return plan
+
+
+class CpuBackend(TorchBackend):
+    """Native attention over the paged cache; K/V stores stay the reference's index_copy_."""
+
+    name = "cpu"
+
+    def __init__(self) -> None:
+        super().__init__()
+        from bare_engine.kernels import cpu_attention
+
+        self.kernel = cpu_attention
+
+    def prefill(self, q, k_cache, v_cache, meta, scale):
+        if not self.kernel.supports(q, k_cache):  # float16, or heads past the kernel's limits
+            return super().prefill(q, k_cache, v_cache, meta, scale)
+        return self.kernel.paged_attention(q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q,
+                                           meta.context_lens, scale)
+
+    decode = prefill
 
 
 class TritonBackend(AttentionBackend):
@@ -141,6 +164,15 @@ def triton_usable(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def cpu_kernel_usable() -> bool:
+    from bare_engine.kernels import cpu_attention
+
+    if not cpu_attention.available():
+        logger.info("native CPU attention unavailable (%s); using the torch backend", cpu_attention.build_error())
+        return False
+    return True
+
+
 def select_backend(requested: str, device: torch.device) -> AttentionBackend:
     name = os.environ.get(BACKEND_ENV) or requested
     if name not in BACKENDS:
@@ -150,14 +182,21 @@ def select_backend(requested: str, device: torch.device) -> AttentionBackend:
             name = "flash_attn"
         elif device.type == "cuda" and triton_usable(device):
             name = "triton"
+        elif device.type == "cpu" and cpu_kernel_usable():
+            name = "cpu"
         else:
             name = "torch"
     if name in ("triton", "flash_attn") and not triton_usable(device):
         raise ConfigError(
             f"attention backend {name!r} needs Triton on CUDA (or TRITON_INTERPRET=1 on CPU); device is {device}"
         )
+    if name == "cpu" and (device.type != "cpu" or not cpu_kernel_usable()):
+        from bare_engine.kernels import cpu_attention
+
+        why = cpu_attention.build_error() or f"device is {device}"
+        raise ConfigError(f"attention backend 'cpu' needs the CPU and a C compiler to build it: {why}")
     if name == "flash_attn" and (device.type != "cuda" or importlib.util.find_spec("flash_attn") is None):
         raise ConfigError("attention backend 'flash_attn' needs the flash-attn package and a CUDA device")
-    backend = {"torch": TorchBackend, "triton": TritonBackend, "flash_attn": FlashAttnBackend}[name]()
+    backend = {"torch": TorchBackend, "cpu": CpuBackend, "triton": TritonBackend, "flash_attn": FlashAttnBackend}[name]()
     logger.info("attention backend: %s", backend.name)
     return backend

@@ -1,0 +1,248 @@
+/* Paged attention on the CPU: causal attention of variable-length query chunks over their
+ * paged K/V context, read in place from the cache (no gather, no padding).
+ *
+ * Semantics and cache layout are kernels/attention_ref.py's: q is [N, Hq, D]; sequence b owns
+ * rows cu_q[b]..cu_q[b+1], the last q_len tokens of its context of ctx[b] tokens, whose K/V are
+ * already in k_cache/v_cache [num_blocks, block_size, Hkv, D]. Decode is the case q_len == 1.
+ *
+ * One work item is (sequence, KV head, tile of query tokens): its rows are every query head of
+ * the GQA group for each token of the tile, so each K/V chunk is loaded (and converted to
+ * float32) once for all of them. A chunk of CHUNK keys is transposed so that scores are CHUNK-wide
+ * vector FMAs and P.V is a D-wide one: no horizontal sums. Softmax is online, in float32.
+ * Built by kernels/cpu_attention.py with -O3 -march=native -ffast-math -fopenmp.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+#define CHUNK 16
+#define MAX_D 256
+#define MAX_ROWS 64
+#define NEG_BIG (-1e30f)
+#define TRANSPOSE_MIN_ROWS 12
+
+enum { F32 = 0, BF16 = 1 };
+
+static inline float bf16_to_f32(uint16_t x) {
+    uint32_t u = (uint32_t)x << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {  /* round to nearest even, as torch does */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* exp of CHUNK + 1 lanes (all <= 0) in a form the compiler vectorises: 2^x = 2^n * 2^f with
+ * |f| <= 1/2 and a degree-7 Taylor polynomial for 2^f (relative error below 2e-8 on that range). */
+static inline void exp_lanes(float *x) {
+    for (int t = 0; t < CHUNK + 1; t++) {
+        float y = x[t] * 1.4426950408889634f;
+        y = y < -126.0f ? -126.0f : y;
+        const float n = rintf(y);
+        const float f = (y - n) * 0.6931471805599453f;
+        float p = 1.0f + f * (1.0f + f * (0.5f + f * (1.6666667e-1f + f * (4.1666668e-2f + f * (8.3333338e-3f +
+                  f * (1.3888889e-3f + f * 1.9841270e-4f))))));
+        const int32_t bits = ((int32_t)n + 127) << 23;
+        float scale;
+        memcpy(&scale, &bits, 4);
+        x[t] = x[t] <= -87.0f ? 0.0f : p * scale;
+    }
+}
+
+static inline void load_row(const void *base, int dtype, int64_t offset, int d, float *dst) {
+    if (dtype == BF16) {
+        const uint16_t *src = (const uint16_t *)base + offset;
+        for (int i = 0; i < d; i++) dst[i] = bf16_to_f32(src[i]);
+    } else {
+        memcpy(dst, (const float *)base + offset, (size_t)d * sizeof(float));
+    }
+}
+
+typedef struct {
+    const void *q, *k_cache, *v_cache;
+    void *out;
+    const int32_t *block_tables, *cu_q, *ctx;
+    int64_t table_stride;
+    int num_heads, num_kv_heads, head_dim, block_size, q_dtype, kv_dtype, tile;
+    float scale;
+} Problem;
+
+/* Scores of every row against one chunk of keys, into s[r][0..CHUNK).
+ * Few rows (decodes): a dot product per (row, key), each key row loaded once for all rows.
+ * Many rows: K transposed once, then four rows at a time as CHUNK-wide FMAs (four independent
+ * accumulators keep the FMA pipes busy). */
+static inline __attribute__((always_inline)) void chunk_scores(
+        int d, int rows, int transposed, float (*q)[MAX_D], float (*k)[MAX_D], float (*kt)[CHUNK],
+        float (*s)[CHUNK]) {
+    if (!transposed) {
+        for (int t = 0; t < CHUNK; t++)
+            for (int r = 0; r < rows; r++) {
+                float dot = 0.0f;
+                for (int i = 0; i < d; i++) dot += q[r][i] * k[t][i];
+                s[r][t] = dot;
+            }
+        return;
+    }
+    for (int t = 0; t < CHUNK; t++)
+        for (int i = 0; i < d; i++) kt[i][t] = k[t][i];
+    for (int r0 = 0; r0 < rows; r0 += 4) {  /* q has zero rows past `rows`, up to a multiple of 4 */
+        float s4[4][CHUNK] = {{0}};
+        for (int i = 0; i < d; i++)
+            for (int rr = 0; rr < 4; rr++) {
+                const float qi = q[r0 + rr][i];
+                for (int t = 0; t < CHUNK; t++) s4[rr][t] += qi * kt[i][t];
+            }
+        for (int rr = 0; rr < 4 && r0 + rr < rows; rr++) memcpy(s[r0 + rr], s4[rr], sizeof(s4[rr]));
+    }
+}
+
+/* Rows r = token * group + g of one tile, for KV head h of sequence b; d is the head dim
+ * (a constant at the specialised call sites below). */
+static inline __attribute__((always_inline)) void attend_tile_d(const Problem *p, int d, int b, int h,
+                                                                 int tile_start, int tile_end) {
+    const int group = p->num_heads / p->num_kv_heads, bs = p->block_size;
+    const int q0 = p->cu_q[b], q_len = p->cu_q[b + 1] - q0, ctx = p->ctx[b];
+    const int first_pos = ctx - q_len;  /* position of the sequence's first query token */
+    const int rows = (tile_end - tile_start) * group;
+    const int32_t *table = p->block_tables + (int64_t)b * p->table_stride;
+    const int64_t kv_token_stride = (int64_t)p->num_kv_heads * d;
+
+    float q[MAX_ROWS + 3][MAX_D], acc[MAX_ROWS][MAX_D], m[MAX_ROWS], l[MAX_ROWS];
+    float k[CHUNK][MAX_D], kt[MAX_D][CHUNK], v[CHUNK][MAX_D], s[MAX_ROWS][CHUNK];
+    int last[MAX_ROWS];  /* the last key position each row may see */
+
+    for (int r = 0; r < rows; r++) {
+        int token = tile_start + r / group, head = h * group + r % group;
+        load_row(p->q, p->q_dtype, ((int64_t)(q0 + token) * p->num_heads + head) * d, d, q[r]);
+        for (int i = 0; i < d; i++) {
+            q[r][i] *= p->scale;
+            acc[r][i] = 0.0f;
+        }
+        m[r] = NEG_BIG;
+        l[r] = 0.0f;
+        last[r] = first_pos + token;
+    }
+    for (int r = rows; r < rows + 3; r++)
+        for (int i = 0; i < d; i++) q[r][i] = 0.0f;
+    const int num_keys = first_pos + tile_end;  /* keys 0 .. last position of the tile */
+    const int transposed = rows >= TRANSPOSE_MIN_ROWS;
+
+    for (int start = 0; start < num_keys; start += CHUNK) {
+        const int n = num_keys - start < CHUNK ? num_keys - start : CHUNK;
+        /* The cache is far larger than the CPU's caches: ask for the next chunk's rows now. */
+        for (int pos = start + CHUNK; pos < start + 2 * CHUNK && pos < num_keys; pos++) {
+            int64_t slot = (int64_t)table[pos / bs] * bs + pos % bs;
+            const int64_t offset = slot * kv_token_stride + (int64_t)h * d;
+            const int bytes = d * (p->kv_dtype == BF16 ? 2 : 4);
+            for (int byte = 0; byte < bytes; byte += 64) {
+                __builtin_prefetch((const char *)p->k_cache + offset * (bytes / d) + byte);
+                __builtin_prefetch((const char *)p->v_cache + offset * (bytes / d) + byte);
+            }
+        }
+        for (int t = 0; t < n; t++) {
+            int pos = start + t;
+            int64_t slot = (int64_t)table[pos / bs] * bs + pos % bs;
+            int64_t offset = slot * kv_token_stride + (int64_t)h * d;
+            load_row(p->k_cache, p->kv_dtype, offset, d, k[t]);
+            load_row(p->v_cache, p->kv_dtype, offset, d, v[t]);
+        }
+        for (int t = n; t < CHUNK; t++) {
+            for (int i = 0; i < d; i++) k[t][i] = 0.0f;
+            for (int i = 0; i < d; i++) v[t][i] = 0.0f;
+        }
+        chunk_scores(d, rows, transposed, q, k, kt, s);
+        for (int r = 0; r < rows; r++) {
+            const int visible = last[r] - start + 1;  /* keys of this chunk row r may see */
+            if (visible <= 0) continue;
+            const int valid = visible < n ? visible : n;
+            float chunk_max = NEG_BIG, e[CHUNK + 1];
+            for (int t = 0; t < CHUNK; t++) {
+                const float x = t < valid ? s[r][t] : NEG_BIG;
+                e[t] = x;
+                chunk_max = x > chunk_max ? x : chunk_max;
+            }
+            const float new_max = chunk_max > m[r] ? chunk_max : m[r];
+            for (int t = 0; t < CHUNK; t++) e[t] -= new_max;
+            e[CHUNK] = m[r] - new_max;
+            exp_lanes(e);
+            float sum = 0.0f;
+            for (int t = 0; t < CHUNK; t++) sum += e[t];
+            const float correction = e[CHUNK];
+            l[r] = l[r] * correction + sum;
+            m[r] = new_max;
+            float *a = acc[r];
+            for (int i = 0; i < d; i++) a[i] *= correction;
+            for (int t = 0; t < valid; t++) {
+                const float w = e[t];
+                for (int i = 0; i < d; i++) a[i] += w * v[t][i];
+            }
+        }
+    }
+
+    for (int r = 0; r < rows; r++) {
+        int token = tile_start + r / group, head = h * group + r % group;
+        int64_t offset = ((int64_t)(q0 + token) * p->num_heads + head) * d;
+        const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+        if (p->q_dtype == BF16) {
+            uint16_t *o = (uint16_t *)p->out + offset;
+            for (int i = 0; i < d; i++) o[i] = f32_to_bf16(acc[r][i] * inv);
+        } else {
+            float *o = (float *)p->out + offset;
+            for (int i = 0; i < d; i++) o[i] = acc[r][i] * inv;
+        }
+    }
+}
+
+static void attend_tile(const Problem *p, int b, int h, int tile_start, int tile_end) {
+    switch (p->head_dim) {  /* the common head dims get fully unrolled inner loops */
+        case 64: attend_tile_d(p, 64, b, h, tile_start, tile_end); break;
+        case 128: attend_tile_d(p, 128, b, h, tile_start, tile_end); break;
+        default: attend_tile_d(p, p->head_dim, b, h, tile_start, tile_end);
+    }
+}
+
+/* Limits the caller must respect (checked by the Python wrapper). */
+int paged_attention_max_head_dim(void) { return MAX_D; }
+int paged_attention_max_group(void) { return MAX_ROWS; }
+
+void paged_attention(const void *q, const void *k_cache, const void *v_cache, void *out,
+                     const int32_t *block_tables, int64_t table_stride, const int32_t *cu_q,
+                     const int32_t *ctx, int batch, int num_heads, int num_kv_heads, int head_dim,
+                     int block_size, float scale, int q_dtype, int kv_dtype, int num_threads) {
+    Problem p = {q, k_cache, v_cache, out, block_tables, cu_q, ctx, table_stride, num_heads, num_kv_heads,
+                 head_dim, block_size, q_dtype, kv_dtype, 0, scale};
+    const int group = num_heads / num_kv_heads;
+    p.tile = MAX_ROWS / group;
+    if (p.tile > 16) p.tile = 16;
+
+    int64_t num_items = 0;
+    for (int b = 0; b < batch; b++) num_items += (cu_q[b + 1] - cu_q[b] + p.tile - 1) / p.tile;
+    int32_t *items = malloc(sizeof(int32_t) * 2 * (size_t)(num_items > 0 ? num_items : 1));
+    if (!items) return;
+    int64_t k = 0;
+    for (int b = 0; b < batch; b++)  /* tiles with the most keys (the last ones) first */
+        for (int t = (cu_q[b + 1] - cu_q[b] + p.tile - 1) / p.tile - 1; t >= 0; t--) {
+            items[2 * k] = b;
+            items[2 * k + 1] = t;
+            k++;
+        }
+
+    const int64_t total = num_items * num_kv_heads;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
+    for (int64_t w = 0; w < total; w++) {
+        const int64_t item = w / num_kv_heads;
+        const int h = (int)(w % num_kv_heads);
+        const int b = items[2 * item], t = items[2 * item + 1];
+        const int q_len = cu_q[b + 1] - cu_q[b];
+        const int start = t * p.tile, end = start + p.tile < q_len ? start + p.tile : q_len;
+        attend_tile(&p, b, h, start, end);
+    }
+    free(items);
+}

@@ -1,0 +1,149 @@
+"""Native CPU paged attention: ``cpu_attention.c``, compiled on first use and cached.
+
+Same signature and semantics as ``attention_ref.paged_attention_ref`` (the cache layout is
+described there), for float32 and bfloat16. It reads K/V in place through the block table, so
+a step never gathers the cache into padded copies as the torch reference does.
+
+The C source is built with the machine's C compiler (``cc``, or ``$CC``) for this CPU
+(``-march=native``) into ``$BARE_ENGINE_CACHE/kernels`` (default ``~/.cache/bare-engine``),
+keyed by the source, the flags, the compiler and the CPU, and loaded with ctypes. OpenMP
+comes from the runtime torch already loaded, so the kernel shares torch's threads.
+``available()`` says whether it could be built; ``build_error()`` says why not.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import KernelInputError
+
+SOURCE = Path(__file__).with_name("cpu_attention.c")
+COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11"]
+# Linked without -ffast-math: that would add crtfastmath.o, which flushes denormals process-wide.
+LINK_FLAGS = ["-shared", "-fopenmp", "-lm"]
+BUILD_TIMEOUT_S = 120
+DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("BARE_ENGINE_CACHE") or Path.home() / ".cache" / "bare-engine"
+    return Path(root) / "kernels"
+
+
+def _cpu_identity() -> str:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = ""
+    return platform.machine() + flags
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _build() -> Path:
+    compiler = _compiler()
+    if compiler is None:
+        raise OSError("no C compiler (cc, gcc or $CC) on PATH")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(COMPILE_FLAGS + LINK_FLAGS), version,
+                                    _cpu_identity()]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"cpu_attention-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        obj, lib = Path(tmp) / "cpu_attention.o", Path(tmp) / "cpu_attention.so"
+        for cmd in ([compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", str(obj)],
+                    [compiler, str(obj), *LINK_FLAGS, "-o", str(lib)]):
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+            if proc.returncode != 0:
+                raise OSError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-1000:]}")
+        os.replace(lib, target)  # atomic: concurrent builders each install a whole file
+    return target
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | str:
+    try:
+        lib = ctypes.CDLL(str(_build()))
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    lib.paged_attention.restype = None
+    lib.paged_attention.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
+        [ctypes.c_int] * 5 + [ctypes.c_float] + [ctypes.c_int] * 3
+    return lib
+
+
+def available() -> bool:
+    return not isinstance(_library(), str)
+
+
+def build_error() -> str | None:
+    lib = _library()
+    return lib if isinstance(lib, str) else None
+
+
+def supports(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """Whether the kernel takes these dtypes and head shapes (the caller falls back otherwise)."""
+    lib = _library()
+    if isinstance(lib, str) or q.dtype not in DTYPES or k_cache.dtype not in DTYPES:
+        return False
+    return (q.shape[-1] <= lib.paged_attention_max_head_dim()
+            and q.shape[1] // k_cache.shape[2] <= lib.paged_attention_max_group())
+
+
+def _check(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens) -> None:
+    if q.device.type != "cpu" or k_cache.device.type != "cpu":
+        raise KernelInputError("the native CPU attention kernel takes CPU tensors")
+    if q.dtype not in DTYPES or k_cache.dtype not in DTYPES or v_cache.dtype != k_cache.dtype:
+        raise KernelInputError(f"dtypes q={q.dtype} cache={k_cache.dtype}/{v_cache.dtype}: float32 or bfloat16 only")
+    if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise KernelInputError(f"shapes q={tuple(q.shape)} k={tuple(k_cache.shape)} v={tuple(v_cache.shape)}")
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    if k_cache.shape[3] != head_dim or num_heads % num_kv_heads:
+        raise KernelInputError(f"q heads {num_heads}x{head_dim} do not fit the cache's {num_kv_heads}x"
+                               f"{k_cache.shape[3]}")
+    lib = _library()
+    if head_dim > lib.paged_attention_max_head_dim() or num_heads // num_kv_heads > lib.paged_attention_max_group():
+        raise KernelInputError(f"head_dim {head_dim} or GQA group {num_heads // num_kv_heads} above the kernel's "
+                               "limits")
+    for name, t in (("block_tables", block_tables), ("cu_seqlens_q", cu_seqlens_q), ("context_lens", context_lens)):
+        if t.dtype != torch.int32:
+            raise KernelInputError(f"{name} must be int32, got {t.dtype}")
+
+
+def paged_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale: float) -> torch.Tensor:
+    """``attention_ref.paged_attention_ref`` in native code; returns ``[N, Hq, D]`` in q's dtype."""
+    lib = _library()
+    if isinstance(lib, str):
+        raise KernelInputError(f"the native CPU attention kernel is unavailable: {lib}")
+    _check(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens)
+    q = q.contiguous()
+    tables, cu, ctx = block_tables.contiguous(), cu_seqlens_q.contiguous(), context_lens.contiguous()
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise KernelInputError("the KV cache must be contiguous")
+    out = torch.empty_like(q)
+    lib.paged_attention(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(), tables.data_ptr(),
+                        tables.stride(0), cu.data_ptr(), ctx.data_ptr(), cu.numel() - 1, q.shape[1],
+                        k_cache.shape[2], q.shape[2], k_cache.shape[1], float(scale), DTYPES[q.dtype],
+                        DTYPES[k_cache.dtype], torch.get_num_threads())
+    return out
+
+
+def decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale: float) -> torch.Tensor:
+    """One query token per sequence (``q`` is ``[B, Hq, D]``) over its whole paged context."""
+    cu = torch.arange(q.shape[0] + 1, dtype=torch.int32)
+    return paged_attention(q, k_cache, v_cache, block_tables, cu, context_lens, scale)

@@ -1,0 +1,89 @@
+"""The native CPU paged-attention kernel (kernels/cpu_attention.c) against attention_ref.py and a
+naive per-sequence loop: decode, prefill, prefill over a cached prefix, GQA groups, block sizes,
+head dims and both dtypes."""
+
+import pytest
+import torch
+from bare_engine.kernels import cpu_attention
+from bare_engine.kernels.attention_ref import paged_attention_ref
+from bare_engine.kernels.errors import KernelInputError
+from paged_cases import assert_close, fused_query, naive_attention, paged_batch
+
+pytestmark = pytest.mark.skipif(not cpu_attention.available(),
+                                reason=f"native CPU attention not built: {cpu_attention.build_error()}")
+
+# (query tokens, context tokens): decodes, a whole prompt, chunks over a cached prefix, and
+# chunks longer than one tile of the kernel.
+MIXED = [(1, 1), (1, 37), (13, 45), (40, 40), (1, 200), (70, 100), (33, 33)]
+
+
+def run_case(cases, group, head_dim, block_size, dtype, num_kv_heads=2, seed=0):
+    q_lens = [q for q, _ in cases]
+    k_cache, v_cache, tables, ctx = paged_batch([c for _, c in cases], block_size, num_kv_heads, head_dim, dtype,
+                                                seed=seed)
+    q = fused_query(sum(q_lens), group * num_kv_heads, num_kv_heads, head_dim, dtype, seed=seed + 1)
+    cu = torch.tensor([0] + q_lens).cumsum(0).to(torch.int32)
+    scale = head_dim**-0.5
+    out = cpu_attention.paged_attention(q, k_cache, v_cache, tables, cu, ctx, scale)
+    assert out.shape == q.shape and out.dtype == dtype
+    return out, (q, k_cache, v_cache, tables, cu, ctx, scale)
+
+
+@pytest.mark.parametrize(
+    "group, head_dim, block_size, dtype",
+    [
+        (1, 64, 16, torch.float32),
+        (3, 64, 16, torch.float32),
+        (3, 64, 16, torch.bfloat16),
+        (4, 128, 32, torch.float32),
+        (8, 32, 4, torch.bfloat16),
+        (2, 16, 1, torch.float32),
+        (5, 80, 64, torch.float32),
+        (2, 256, 16, torch.bfloat16),
+    ],
+)
+def test_matches_reference_and_naive(group, head_dim, block_size, dtype):
+    out, args = run_case(MIXED, group, head_dim, block_size, dtype)
+    assert_close(out, paged_attention_ref(*args), dtype)
+    assert_close(out, naive_attention(*args), dtype)
+
+
+def test_decode_batch_matches_reference():
+    out, args = run_case([(1, n) for n in (1, 2, 15, 16, 17, 300, 64, 5)], 3, 64, 16, torch.bfloat16)
+    assert_close(out, paged_attention_ref(*args), torch.bfloat16)
+
+
+def test_same_result_whatever_the_thread_count():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one, args = run_case(MIXED, 3, 64, 16, torch.float32)
+        torch.set_num_threads(2)
+        two = cpu_attention.paged_attention(*args)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)  # each row is computed by one thread in one order
+
+
+def test_rows_of_a_sequence_do_not_depend_on_its_batch():
+    alone, _ = run_case([(13, 45)], 3, 64, 16, torch.float32)
+    out, args = run_case([(13, 45)], 3, 64, 16, torch.float32)
+    assert torch.equal(alone, out)
+
+
+def test_causal_within_a_chunk():
+    """Changing a later token's K/V must not change earlier rows' output."""
+    out, (q, k_cache, v_cache, tables, cu, ctx, scale) = run_case([(20, 20)], 1, 32, 16, torch.float32, num_kv_heads=1)
+    k_cache[int(tables[0, 1]), 19 - 16] += 5.0
+    after = cpu_attention.paged_attention(q, k_cache, v_cache, tables, cu, ctx, scale)
+    assert torch.equal(out[:19], after[:19]) and not torch.equal(out[19], after[19])
+
+
+def test_bad_inputs_raise():
+    _, (q, k_cache, v_cache, tables, cu, ctx, scale) = run_case([(3, 9)], 2, 32, 16, torch.float32)
+    with pytest.raises(KernelInputError, match="int32"):
+        cpu_attention.paged_attention(q, k_cache, v_cache, tables.long(), cu, ctx, scale)
+    with pytest.raises(KernelInputError, match="float32 or bfloat16"):
+        cpu_attention.paged_attention(q.half(), k_cache.half(), v_cache.half(), tables, cu, ctx, scale)
+    with pytest.raises(KernelInputError, match="do not fit"):
+        cpu_attention.paged_attention(q[:, :3], k_cache, v_cache, tables, cu, ctx, scale)
