@@ -31,6 +31,9 @@ class EngineConfig:
     max_num_batched_tokens: int = setting(2048, "Tokens in a step at most.", resume_free=True)
     max_model_len: int | None = setting(None, "Context length (default: the model's).")
     enable_prefix_caching: bool = setting(True, "Reuse the KV blocks of shared prompt prefixes.", resume_free=True)
+    share_identical_models: bool = setting(
+        True, "Names given the same checkpoint (BARE with one model as base and instruct) share one copy of the "
+              "weights and run in the same steps.", resume_free=True)
     seed: int = setting(0, "Seed of the stream that seeds requests without a seed.", option=False)
     attention_backend: str = setting("auto", "auto, torch, cpu, triton or flash_attn.")
     sampler_backend: str = setting("auto", "auto (Triton on CUDA, the torch reference elsewhere), torch or triton.",

@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -145,7 +146,11 @@ def bare_job_bare(args, out: Path) -> dict:
     seconds = time.perf_counter() - start
     if proc.returncode not in (0, 3):  # 3: fewer valid records than --num, every candidate tried
         raise RuntimeError(f"bare-engine run failed: {proc.stderr[-2000:]}")
-    return {"seconds": seconds, "valid_records": out.read_text().count("\n") if out.exists() else 0}
+    # The run's summary: "<status>: ... (N new, M candidates, S s)" and "<model>: G generated / P prompt tokens".
+    generated = sum(int(g) for g in re.findall(r"^\w+: (\d+) generated / ", proc.stderr, re.M))
+    run_seconds = re.search(r"candidates, ([\d.]+)s\)", proc.stderr)
+    return {"seconds": seconds, "valid_records": out.read_text().count("\n") if out.exists() else 0,
+            "generated_tokens": generated, "seconds_after_loading": float(run_seconds[1]) if run_seconds else None}
 
 
 def bare_job_vllm(args, vllm_python: str) -> dict:
@@ -174,6 +179,8 @@ def bare_job_vllm(args, vllm_python: str) -> dict:
                                "--generation-config", "vllm"],
                               env=thread_env(args.threads), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    generated: list[int] = []  # completion tokens of every call (list.append is atomic across threads)
+
     def post(route: str, body: dict) -> dict:
         request = urllib.request.Request(f"http://127.0.0.1:{port}{route}", json.dumps(body).encode(),
                                          {"Content-Type": "application/json"})
@@ -187,7 +194,9 @@ def bare_job_vllm(args, vllm_python: str) -> dict:
     def one(index: int) -> bool:
         cand = planner.candidate(index)
         _, prompt, params, _ = planner.request(cand, "base")
-        choice = post("/v1/completions", {"model": "smol", "prompt": prompt, **sampling(params)})["choices"][0]
+        reply = post("/v1/completions", {"model": "smol", "prompt": prompt, **sampling(params)})
+        generated.append(reply["usage"]["completion_tokens"])
+        choice = reply["choices"][0]
         output = SimpleNamespace(outputs=[SimpleNamespace(text=choice["text"], finish_reason=choice["finish_reason"],
                                                           token_ids=[])], prompt_token_ids=[])
         planner.finish(cand, "base", output)
@@ -198,7 +207,9 @@ def bare_job_vllm(args, vllm_python: str) -> dict:
         messages = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + \
             [{"role": "user", "content": message}]
         params = cfg.sampling.refine.params(0)
-        choice = post("/v1/chat/completions", {"model": "smol", "messages": messages, **sampling(params)})["choices"][0]
+        reply = post("/v1/chat/completions", {"model": "smol", "messages": messages, **sampling(params)})
+        generated.append(reply["usage"]["completion_tokens"])
+        choice = reply["choices"][0]
         output.outputs[0] = SimpleNamespace(text=choice["message"]["content"], finish_reason=choice["finish_reason"],
                                             token_ids=[])
         planner.finish(cand, "refine", output)
@@ -217,7 +228,7 @@ def bare_job_vllm(args, vllm_python: str) -> dict:
         start = time.perf_counter()
         with ThreadPoolExecutor(32) as pool:
             valid = sum(pool.map(one, range(args.bare_job)))
-        return {"seconds": time.perf_counter() - start, "valid_records": valid}
+        return {"seconds": time.perf_counter() - start, "valid_records": valid, "generated_tokens": sum(generated)}
     finally:
         server.terminate()
         try:
@@ -242,6 +253,10 @@ def bare_job(args, vllm_python: str | None) -> dict:
               "rounds": rounds, "median_seconds": median}
     if "vllm" in median:
         result["speedup_bare_over_vllm"] = median["vllm"] / median["bare_engine"]
+        # Unseeded sampling makes each round's outputs (and token counts) differ: tokens/s compares the work.
+        rate = {k: statistics.median(x["generated_tokens"] / x["seconds"] for x in v) for k, v in rounds.items()}
+        result["median_generated_tok_s"] = rate
+        result["tok_s_ratio_bare_over_vllm"] = rate["bare_engine"] / rate["vllm"]
     return result
 
 
@@ -321,7 +336,8 @@ def main() -> None:
     plot(report, args.out.with_suffix(".png"))
     for r in results:
         if args.bare_job:
-            print(f"BARE job: {r['median_seconds']}, speedup {r.get('speedup_bare_over_vllm', 0):.2f}x")
+            print(f"BARE job: {r['median_seconds']}, speedup {r.get('speedup_bare_over_vllm', 0):.2f}x, "
+                  f"generated tok/s {r.get('median_generated_tok_s')} ({r.get('tok_s_ratio_bare_over_vllm', 0):.2f}x)")
             continue
         ratio = r.get("ratio_bare_over_vllm")
         print(f"{r['dtype']}: bare-engine {r['median_tok_s']['bare_engine']:.1f} tok/s"

@@ -22,8 +22,9 @@ SEED_MASK = (1 << 63) - 1
 
 class RequestIntake:
     def __init__(self, tokenizers: dict, vocab_sizes: dict[str, int], max_model_len: dict[str, int],
-                 eos_ids: dict[str, set[int]], seed: int):
+                 eos_ids: dict[str, set[int]], seed: int, step_model: dict[str, str] | None = None):
         self.tokenizers = tokenizers
+        self.step_model = step_model or {}  # name -> the model whose steps run its sequences
         self.vocab_sizes = vocab_sizes
         self.max_model_len = max_model_len
         self.eos_ids = eos_ids
@@ -42,7 +43,9 @@ class RequestIntake:
         arrival = next(self._arrivals)
         seqs = []
         for i in range(params.n):
-            seq = Sequence(next(self._seq_ids), request_id, i, model, token_ids, params, sample_seed(base_seed, i), arrival)
+            seq = Sequence(next(self._seq_ids), request_id, i, self.step_model.get(model, model), token_ids, params,
+                           sample_seed(base_seed, i), arrival)
+            seq.served_model = model
             seq.detok = Detokenizer(self.tokenizers[model], params.stop_strings, params.skip_special_tokens,
                                     self._token_bytes(model, params))
             seq.max_len = self._max_len(model, len(token_ids), params)

@@ -24,10 +24,11 @@ GPU_ACTIVATION_RESERVE = 1 << 30
 
 
 def allocate_pools(config: EngineConfig, loaded: LoadedModels) -> dict[str, BlockManager]:
-    """model name -> its block pool; binds each runner to its cache (and captures its graphs)."""
+    """step model name -> its block pool; binds each runner to its cache (and captures its graphs)."""
     groups: dict[tuple, list[str]] = {}
     for name, c in loaded.configs.items():
-        groups.setdefault(c.kv_shape, []).append(name)
+        if loaded.step_model[name] == name:  # a name sharing another's runner shares its pool and queues too
+            groups.setdefault(c.kv_shape, []).append(name)
     bs, tp = config.block_size, config.tensor_parallel_size
     # Each rank holds its share of the KV heads of every block.
     block_bytes = {s: 2 * s[0] * bs * heads_per_rank(s[1], tp) * s[2] * loaded.dtype.itemsize for s in groups}

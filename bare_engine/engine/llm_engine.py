@@ -56,7 +56,8 @@ class LLMEngine:
         self.policy = policy or InterleavePolicy(drain_model=drain)
         self.requests = RequestTable()
         vocab = {name: r.config.vocab_size for name, r in self.runners.items()}
-        self.intake = RequestIntake(self.tokenizers, vocab, self.max_model_len, self.eos_ids, self.config.seed)
+        self.intake = RequestIntake(self.tokenizers, vocab, self.max_model_len, self.eos_ids, self.config.seed,
+                                    loaded.step_model)
         self.outputs = OutputProcessor(self.scheduler, self.requests, self.eos_ids)
         self.steps: SynchronousSteps = self._make_steps(self.config.resolve_async_scheduling(self.device))
 
@@ -66,7 +67,7 @@ class LLMEngine:
 
     @property
     def stats(self) -> dict[str, ModelStats]:
-        return {name: r.stats for name, r in self.runners.items()}
+        return {name: r.stats_for(name) for name, r in self.runners.items()}
 
     @property
     def tensor_parallel_pids(self) -> list[int]:

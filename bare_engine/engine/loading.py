@@ -34,6 +34,9 @@ class LoadedModels:
     eos_ids: dict[str, set[int]]
     tp: object | None  # the TPExecutor when tensor_parallel_size > 1
     workers_free_memory: list[int]  # each worker's free device memory after loading (tensor parallel)
+    # model name -> the name whose runner serves it: itself, or the first name given the same checkpoint
+    # (share_identical_models); only the latter names have pools and scheduler queues.
+    step_model: dict[str, str]
 
 
 def load_models(models: ModelArg | dict[str, ModelArg], config: EngineConfig) -> LoadedModels:
@@ -50,19 +53,39 @@ def load_models(models: ModelArg | dict[str, ModelArg], config: EngineConfig) ->
     max_model_len = {name: _max_model_len(config, c) for name, c in configs.items()}
     tokenizers = {name: load_tokenizer(s.tokenizer_dir) for name, s in sources.items()}
     backend = select_backend(config.attention_backend, device)
-    tp = _start_tensor_parallel(config, devices, backend, models, configs, max_model_len, dtype)
+    step_model = _step_models(sources, config)
+    own = {name: spec for name, spec in models.items() if step_model[name] == name}
+    tp = _start_tensor_parallel(config, devices, backend, own, configs, max_model_len, dtype)
     try:
         runners = {}
-        for index, (name, source) in enumerate(sources.items()):
-            runners[name] = _load_runner(config, name, configs[name], source, index, device, dtype,
+        for index, name in enumerate(own):
+            runners[name] = _load_runner(config, name, configs[name], sources[name], index, device, dtype,
                                          max_model_len[name], backend, tp)
+        for name, target in step_model.items():
+            if target != name:
+                runners[name] = runners[target]
+                runners[target].serve_as(name)
         eos_ids = {name: _eos_ids(c, tokenizers[name]) for name, c in configs.items()}
         free = tp.collect_loaded() if tp else []
     except BaseException:
         if tp is not None:
             tp.shutdown()
         raise
-    return LoadedModels(device, dtype, backend, sources, configs, max_model_len, tokenizers, runners, eos_ids, tp, free)
+    return LoadedModels(device, dtype, backend, sources, configs, max_model_len, tokenizers, runners, eos_ids, tp, free,
+                        step_model)
+
+
+def _step_models(sources: dict[str, ModelSource], config: EngineConfig) -> dict[str, str]:
+    """Each name -> the first name with the same weights and tokenizer and no adapter (or itself)."""
+    def key(source: ModelSource):
+        return (source.weights_dir.resolve(), source.tokenizer_dir.resolve())
+
+    step_model: dict[str, str] = {}
+    for name, source in sources.items():
+        same = [other for other in step_model if step_model[other] == other and config.share_identical_models
+                and source.adapter is None and sources[other].adapter is None and key(source) == key(sources[other])]
+        step_model[name] = same[0] if same else name
+    return step_model
 
 
 def _start_tensor_parallel(config: EngineConfig, devices, backend, models: dict, configs: dict[str, ModelConfig],
@@ -74,8 +97,8 @@ def _start_tensor_parallel(config: EngineConfig, devices, backend, models: dict,
     from bare_engine.distributed.executor import TPExecutor
     from bare_engine.distributed.worker import ModelLoad
 
-    for c in configs.values():
-        c.check_tensor_parallel(tp)
+    for name in models:
+        configs[name].check_tensor_parallel(tp)
     executor = TPExecutor(devices, backend.name)
     try:
         executor.load([ModelLoad(name, spec, max_model_len[name], dtype) for name, spec in models.items()])

@@ -35,8 +35,9 @@ class RequestTable:
     def add(self, request: Request) -> None:
         self.requests[request.request_id] = request
         if needs_host_history(request.seqs[0].params):
-            self._host_history[request.request_id] = request.model
-            self.host_history_models[request.model] += 1
+            model = request.seqs[0].model  # the model whose steps run it
+            self._host_history[request.request_id] = model
+            self.host_history_models[model] += 1
 
     def pop(self, request_id: str) -> Request | None:
         model = self._host_history.pop(request_id, None)

@@ -19,7 +19,7 @@ class Sequence:
                  "arrival", "status", "block_table", "num_computed_tokens", "row", "sample_index", "num_pending",
                  "num_hashed_blocks", "last_block_hash", "max_len", "finish_reason", "stop_reason", "error",
                  "logprobs", "cumulative_logprob", "detok", "trie", "grammar", "early_stop_ids", "prompt_logprobs",
-                 "num_cached_tokens")
+                 "num_cached_tokens", "served_model")
 
     def __init__(
         self,
@@ -35,7 +35,8 @@ class Sequence:
         self.seq_id = seq_id
         self.request_id = request_id
         self.index = index  # which of the request's n samples
-        self.model = model
+        self.model = model  # the model whose steps run it (its runner, pool and scheduler queues)
+        self.served_model = model  # the name the request asked for (differs when names share a runner)
         self.token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.params = params

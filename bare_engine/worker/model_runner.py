@@ -50,7 +50,7 @@ class LaunchedStep:
 
     seqs: list[Sequence]
     sample: DeviceSample | None  # None when the step sampled nothing (prompt chunks only)
-    stats: ModelStats
+    stats: list[ModelStats]  # the runner's, and those of the names it served in this step
 
     @property
     def device_tokens(self):
@@ -62,7 +62,8 @@ class LaunchedStep:
             return StepResult([], [])
         start = time.perf_counter()
         out = self.sample.to_host()
-        self.stats.busy_seconds += time.perf_counter() - start
+        for stats in self.stats:
+            stats.busy_seconds += time.perf_counter() - start
         return StepResult(self.seqs, out.token_ids, out.logprobs)
 
 
@@ -101,6 +102,7 @@ class ModelRunner:
         self.block_size = 0
         self.graphs: DecodeGraphs | None = None
         self.stats = ModelStats()
+        self.served_stats: dict[str, ModelStats] = {}  # each name this runner serves, when several share it
 
     def bind_cache(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], block_size: int) -> None:
         self.kv_caches = kv_caches
@@ -122,6 +124,28 @@ class ModelRunner:
         except RuntimeError as exc:
             logger.warning("CUDA graph capture failed for %s, running eagerly: %s", self.name, exc)
             self.graphs = None
+
+    def serve_as(self, name: str) -> None:
+        """Also run the sequences of ``name`` (the same checkpoint), counting its stats apart."""
+        self.served_stats.setdefault(self.name, ModelStats())
+        self.served_stats[name] = ModelStats()
+
+    def stats_for(self, name: str) -> ModelStats:
+        """Tokens and steps of ``name``'s sequences; a step that ran several names counts its time for each."""
+        return self.served_stats.get(name, self.stats)
+
+    def _count_served(self, batch: ScheduledBatch, sampled: list[Sequence], seconds: float) -> list[ModelStats]:
+        stepped = set()
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            stats = self.served_stats[seq.served_model]
+            stats.prompt_tokens += max(0, min(seq.num_prompt_tokens - seq.num_computed_tokens, n))
+            stepped.add(seq.served_model)
+        for seq in sampled:
+            self.served_stats[seq.served_model].generated_tokens += 1
+        for name in stepped:
+            self.served_stats[name].steps += 1
+            self.served_stats[name].busy_seconds += seconds
+        return [self.served_stats[name] for name in stepped]
 
     def release(self, seq: Sequence) -> None:
         """The sequence left the running set: free its row."""
@@ -155,8 +179,10 @@ class ModelRunner:
         self.stats.prompt_tokens += step.num_prompt_tokens
         self.stats.generated_tokens += len(step.sampled_seqs)
         self.stats.steps += 1
-        self.stats.busy_seconds += time.perf_counter() - start
-        return LaunchedStep(step.sampled_seqs, sample, self.stats)
+        seconds = time.perf_counter() - start
+        self.stats.busy_seconds += seconds
+        served = self._count_served(batch, step.sampled_seqs, seconds) if self.served_stats else []
+        return LaunchedStep(step.sampled_seqs, sample, [self.stats, *served])
 
     def _forward_with_prompt_logprobs(self, inputs, wanted) -> torch.Tensor | None:
         """run_forward's eager path, keeping the hidden states for the prompt positions that owe logprobs."""

@@ -115,3 +115,36 @@ def test_requests_must_name_a_loaded_model(pair):
         engine.add_request("x", [5, 6], GREEDY)
     with pytest.raises(InvalidRequestError, match="unknown model 'judge'"):
         engine.add_request("x", [5, 6], GREEDY, model="judge")
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_one_checkpoint_under_two_names_shares_a_runner_and_its_steps(pair, async_scheduling):
+    """BARE with one model as base and instruct: one copy of the weights, one queue, steps that mix
+    both names' sequences, and the same tokens as two separate runners give."""
+    base = pair[0]
+    sampled = SamplingParams(temperature=0.9, top_p=0.9, max_tokens=16, ignore_eos=True, seed=5)
+    # Different prompts per name: prompt token counts then do not depend on prefix-cache hits.
+    reqs = [(f"{m}{i}", m, p, GREEDY if i % 2 else sampled) for m, seed in (("base", 3), ("instruct", 4))
+            for i, p in enumerate(prompts(6, seed))]
+    results = {}
+    for share in (True, False):
+        config = EngineConfig(max_model_len=128, share_identical_models=share, async_scheduling=async_scheduling)
+        engine = LLMEngine({"base": base, "instruct": base}, config)
+        assert (engine.runners["base"] is engine.runners["instruct"]) == share
+        assert (list(engine.scheduler.pools) == ["base"]) == share
+        done, _ = drive(engine, reqs)
+        assert all(done[rid].model == model for rid, model, _, _ in reqs)
+        results[share] = {rid: out.outputs[0].token_ids for rid, out in done.items()}
+        stats = engine.stats
+        for m in ("base", "instruct"):
+            assert stats[m].generated_tokens >= sum(len(results[share][rid]) for rid, model, _, _ in reqs if model == m)
+            assert stats[m].prompt_tokens == sum(len(p) for _, model, p, _ in reqs if model == m)
+        if share:  # mixed steps: fewer forward passes than the two names' steps together
+            assert engine.runners["base"].stats.steps < stats["base"].steps + stats["instruct"].steps
+    assert results[True] == results[False]
+
+
+def test_names_with_different_checkpoints_or_sharing_off_keep_their_own_runners(pair):
+    engine = LLMEngine({"base": pair[0], "instruct": pair[1]}, EngineConfig(max_model_len=128))
+    assert engine.runners["base"] is not engine.runners["instruct"]
+    assert engine.stats["base"] is not engine.stats["instruct"]
