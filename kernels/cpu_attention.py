@@ -1,88 +1,29 @@
-"""Native CPU paged attention: ``cpu_attention.c``, compiled on first use and cached.
+"""Native CPU paged attention: ``cpu_attention.c``, built on first use by ``native.py``.
 
 Same signature and semantics as ``attention_ref.paged_attention_ref`` (the cache layout is
 described there), for float32 and bfloat16. It reads K/V in place through the block table, so
 a step never gathers the cache into padded copies as the torch reference does.
-
-The C source is built with the machine's C compiler (``cc``, or ``$CC``) for this CPU
-(``-march=native``) into ``$BARE_ENGINE_CACHE/kernels`` (default ``~/.cache/bare-engine``),
-keyed by the source, the flags, the compiler and the CPU, and loaded with ctypes. OpenMP
-comes from the runtime torch already loaded, so the kernel shares torch's threads.
 ``available()`` says whether it could be built; ``build_error()`` says why not.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import torch
 
+from . import native
 from .errors import KernelInputError
 
-SOURCE = Path(__file__).with_name("cpu_attention.c")
-COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11"]
-# Linked without -ffast-math: that would add crtfastmath.o, which flushes denormals process-wide.
-LINK_FLAGS = ["-shared", "-fopenmp", "-lm"]
-BUILD_TIMEOUT_S = 120
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("BARE_ENGINE_CACHE") or Path.home() / ".cache" / "bare-engine"
-    return Path(root) / "kernels"
-
-
-def _cpu_identity() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        flags = ""
-    return platform.machine() + flags
-
-
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-
-
-def _build() -> Path:
-    compiler = _compiler()
-    if compiler is None:
-        raise OSError("no C compiler (cc, gcc or $CC) on PATH")
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(COMPILE_FLAGS + LINK_FLAGS), version,
-                                    _cpu_identity()]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"cpu_attention-{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        obj, lib = Path(tmp) / "cpu_attention.o", Path(tmp) / "cpu_attention.so"
-        for cmd in ([compiler, *COMPILE_FLAGS, "-c", str(SOURCE), "-o", str(obj)],
-                    [compiler, str(obj), *LINK_FLAGS, "-o", str(lib)]):
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-            if proc.returncode != 0:
-                raise OSError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-1000:]}")
-        os.replace(lib, target)  # atomic: concurrent builders each install a whole file
-    return target
-
-
-@functools.cache
 def _library() -> ctypes.CDLL | str:
-    try:
-        lib = ctypes.CDLL(str(_build()))
-    except (OSError, subprocess.SubprocessError) as exc:
-        return str(exc)
-    lib.paged_attention.restype = None
-    lib.paged_attention.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
-        [ctypes.c_int] * 5 + [ctypes.c_float] + [ctypes.c_int] * 3
+    lib = native.load("cpu_attention")
+    if not isinstance(lib, str):
+        lib.paged_attention.restype = None
+        lib.paged_attention.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
+            [ctypes.c_int] * 5 + [ctypes.c_float] + [ctypes.c_int] * 3
     return lib
 
 

@@ -379,8 +379,10 @@ def sample(
     num_logprobs: int | None = None,
     *,
     validate: bool = True,
+    row_random_bits=row_random_bits,
 ) -> SampleResult:
-    """Sample one token per row of ``logits`` [B, V] (see the module docstring)."""
+    """Sample one token per row of ``logits`` [B, V] (see the module docstring). ``row_random_bits``:
+    another implementation of this module's function of that name (kernels/sampling_cpu.py)."""
     if validate:
         validate_sampling_tensors(logits, params, penalties, num_logprobs)
     penalized = penalized_logits(logits, params, penalties)
@@ -389,7 +391,7 @@ def sample(
     kept = kept_mask(z, tau)
     greedy = params.temperature == 0
 
-    token_ids = torch.where(greedy, penalized.argmax(dim=1), _gumbel_argmax(z, kept, params))
+    token_ids = torch.where(greedy, penalized.argmax(dim=1), _gumbel_argmax(z, kept, params, row_random_bits))
     if num_logprobs is None:
         return SampleResult(token_ids, None, None, None)
 
@@ -419,7 +421,7 @@ def _pad_top(top_ids: Tensor, top_lp: Tensor, top_kept: Tensor, n: int) -> tuple
     return ids, lps
 
 
-def _gumbel_argmax(z: Tensor, kept: Tensor, params: SamplingTensors) -> Tensor:
+def _gumbel_argmax(z: Tensor, kept: Tensor, params: SamplingTensors, row_bits=row_random_bits) -> Tensor:
     """argmax over kept tokens of ``z - log(E)``, noise drawn only for sampled rows."""
     tokens = torch.zeros(z.shape[0], dtype=torch.int64, device=z.device)
     rows = (params.temperature > 0).nonzero()[:, 0]
@@ -428,7 +430,7 @@ def _gumbel_argmax(z: Tensor, kept: Tensor, params: SamplingTensors) -> Tensor:
     z, kept = z[rows], kept[rows]
     seed, position = params.seed[rows], params.position[rows]
     if int(kept.sum()) * 4 > kept.numel():  # dense: four tokens per Philox call
-        v = row_uniform_noise(seed, position, z.shape[1])
+        v = _to_uniform(row_bits(seed, position, z.shape[1]))
         scores = z.double() - torch.log(-torch.log1p(-v.double()))
         scores = scores.masked_fill(~kept, -math.inf)
     else:

@@ -2,8 +2,10 @@
 
 The maths lives in ``kernels/sampling.py`` (Triton) and ``kernels/sampling_ref.py``
 (torch, same semantics). ``backend="auto"`` uses Triton on CUDA and the torch
-reference elsewhere: Triton's CPU interpreter runs the kernels (the tests force it
-with ``backend="triton"``) but is far too slow for a generation loop.
+reference elsewhere (on the CPU with its Philox bits from native code when a C compiler
+builds ``kernels/cpu_philox.c``: ``kernels/sampling_cpu.py``, the same tokens): Triton's CPU
+interpreter runs the kernels (the tests force it with ``backend="triton"``) but is far too
+slow for a generation loop.
 
 Per-request parameters live in two preallocated tables, one row per InputBatch row (float32
 and int64, one column per parameter), written once when a sequence takes a row; a step gathers
@@ -147,7 +149,10 @@ class Sampler:
             if self.use_triton:
                 from bare_engine.kernels import sampling as impl
             else:
-                from bare_engine.kernels import sampling_ref as impl
+                from bare_engine.kernels import sampling_cpu, sampling_ref
+
+                native = self.device.type == "cpu" and sampling_cpu.available()
+                impl = sampling_cpu if native else sampling_ref
             self._impl = impl
         return self._impl
 

@@ -8,7 +8,7 @@ import torch
 
 from bare_engine import LLM, SamplingParams
 from bare_engine.errors import ConfigError
-from bare_engine.kernels import cpu_attention
+from bare_engine.kernels import cpu_attention, native
 from bare_engine.model.layers.attention import BACKEND_ENV, select_backend
 from bare_engine.testing import make_model_dir
 
@@ -68,7 +68,7 @@ def test_a_failing_build_is_reported_not_raised(monkeypatch, tmp_path):
     monkeypatch.setenv("BARE_ENGINE_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
     with pytest.raises(OSError, match="failed"):
-        cpu_attention._build()
+        native.build(native.Path(native.__file__).with_name("cpu_attention.c"))
     assert not list((tmp_path / "kernels").glob("*.so"))
 
 
