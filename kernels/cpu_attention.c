@@ -212,7 +212,8 @@ static void attend_tile(const Problem *p, int b, int h, int tile_start, int tile
 int paged_attention_max_head_dim(void) { return MAX_D; }
 int paged_attention_max_group(void) { return MAX_ROWS; }
 
-void paged_attention(const void *q, const void *k_cache, const void *v_cache, void *out,
+/* Returns 0, or -1 when the work list cannot be allocated (nothing is written then). */
+int paged_attention(const void *q, const void *k_cache, const void *v_cache, void *out,
                      const int32_t *block_tables, int64_t table_stride, const int32_t *cu_q,
                      const int32_t *ctx, int batch, int num_heads, int num_kv_heads, int head_dim,
                      int block_size, float scale, int q_dtype, int kv_dtype, int num_threads) {
@@ -225,7 +226,7 @@ void paged_attention(const void *q, const void *k_cache, const void *v_cache, vo
     int64_t num_items = 0;
     for (int b = 0; b < batch; b++) num_items += (cu_q[b + 1] - cu_q[b] + p.tile - 1) / p.tile;
     int32_t *items = malloc(sizeof(int32_t) * 2 * (size_t)(num_items > 0 ? num_items : 1));
-    if (!items) return;
+    if (!items) return -1;
     int64_t k = 0;
     for (int b = 0; b < batch; b++)  /* tiles with the most keys (the last ones) first */
         for (int t = (cu_q[b + 1] - cu_q[b] + p.tile - 1) / p.tile - 1; t >= 0; t--) {
@@ -245,4 +246,5 @@ void paged_attention(const void *q, const void *k_cache, const void *v_cache, vo
         attend_tile(&p, b, h, start, end);
     }
     free(items);
+    return 0;
 }

@@ -9,6 +9,7 @@ a step never gathers the cache into padded copies as the torch reference does.
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import torch
 
@@ -18,10 +19,11 @@ from .errors import KernelInputError
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
+@functools.cache
 def _library() -> ctypes.CDLL | str:
     lib = native.load("cpu_attention")
     if not isinstance(lib, str):
-        lib.paged_attention.restype = None
+        lib.paged_attention.restype = ctypes.c_int
         lib.paged_attention.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
             [ctypes.c_int] * 5 + [ctypes.c_float] + [ctypes.c_int] * 3
     return lib
@@ -36,16 +38,18 @@ def build_error() -> str | None:
     return lib if isinstance(lib, str) else None
 
 
-def supports(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
-    """Whether the kernel takes these dtypes and head shapes (the caller falls back otherwise)."""
-    lib = _library()
-    if isinstance(lib, str) or q.dtype not in DTYPES or k_cache.dtype not in DTYPES:
-        return False
+def _within_limits(lib: ctypes.CDLL, q: torch.Tensor, k_cache: torch.Tensor) -> bool:
     return (q.shape[-1] <= lib.paged_attention_max_head_dim()
             and q.shape[1] // k_cache.shape[2] <= lib.paged_attention_max_group())
 
 
-def _check(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens) -> None:
+def supports(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """Whether the kernel takes these dtypes and head shapes (the caller falls back otherwise)."""
+    lib = _library()
+    return not isinstance(lib, str) and q.dtype in DTYPES and k_cache.dtype in DTYPES and _within_limits(lib, q, k_cache)
+
+
+def _check(lib, q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens) -> None:
     if q.device.type != "cpu" or k_cache.device.type != "cpu":
         raise KernelInputError("the native CPU attention kernel takes CPU tensors")
     if q.dtype not in DTYPES or k_cache.dtype not in DTYPES or v_cache.dtype != k_cache.dtype:
@@ -57,8 +61,7 @@ def _check(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens) -> Non
     if k_cache.shape[3] != head_dim or num_heads % num_kv_heads:
         raise KernelInputError(f"q heads {num_heads}x{head_dim} do not fit the cache's {num_kv_heads}x"
                                f"{k_cache.shape[3]}")
-    lib = _library()
-    if head_dim > lib.paged_attention_max_head_dim() or num_heads // num_kv_heads > lib.paged_attention_max_group():
+    if not _within_limits(lib, q, k_cache):
         raise KernelInputError(f"head_dim {head_dim} or GQA group {num_heads // num_kv_heads} above the kernel's "
                                "limits")
     for name, t in (("block_tables", block_tables), ("cu_seqlens_q", cu_seqlens_q), ("context_lens", context_lens)):
@@ -71,20 +74,17 @@ def paged_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_len
     lib = _library()
     if isinstance(lib, str):
         raise KernelInputError(f"the native CPU attention kernel is unavailable: {lib}")
-    _check(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens)
+    _check(lib, q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens)
     q = q.contiguous()
     tables, cu, ctx = block_tables.contiguous(), cu_seqlens_q.contiguous(), context_lens.contiguous()
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise KernelInputError("the KV cache must be contiguous")
     out = torch.empty_like(q)
-    lib.paged_attention(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(), tables.data_ptr(),
-                        tables.stride(0), cu.data_ptr(), ctx.data_ptr(), cu.numel() - 1, q.shape[1],
-                        k_cache.shape[2], q.shape[2], k_cache.shape[1], float(scale), DTYPES[q.dtype],
-                        DTYPES[k_cache.dtype], torch.get_num_threads())
+    status = lib.paged_attention(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(),
+                                 tables.data_ptr(), tables.stride(0), cu.data_ptr(), ctx.data_ptr(), cu.numel() - 1,
+                                 q.shape[1], k_cache.shape[2], q.shape[2], k_cache.shape[1], float(scale),
+                                 DTYPES[q.dtype], DTYPES[k_cache.dtype], torch.get_num_threads())
+    if status != 0:
+        raise MemoryError("the native CPU attention kernel could not allocate its work list")
     return out
 
-
-def decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale: float) -> torch.Tensor:
-    """One query token per sequence (``q`` is ``[B, Hq, D]``) over its whole paged context."""
-    cu = torch.arange(q.shape[0] + 1, dtype=torch.int32)
-    return paged_attention(q, k_cache, v_cache, block_tables, cu, context_lens, scale)

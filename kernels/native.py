@@ -1,7 +1,7 @@
 """Native CPU kernels: a C source beside this file, compiled on first use and cached.
 
 Each source is built with the machine's C compiler (``cc``, or ``$CC``) for this CPU
-(``-march=native``) into ``$BARE_ENGINE_CACHE/kernels`` (default ``~/.cache/bare-engine``),
+(``-march=native``) into ``cache_root()/kernels`` (``$BARE_ENGINE_CACHE``, default ``~/.cache/bare-engine``),
 keyed by the source, the flags, the compiler and the CPU, and loaded with ctypes. OpenMP comes
 from the runtime torch already loaded (same soname), so the kernels share torch's threads.
 ``load`` returns the library, or the reason it could not be built as a string.
@@ -25,9 +25,9 @@ LINK_FLAGS = ["-shared", "-fopenmp", "-lm"]
 BUILD_TIMEOUT_S = 120
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("BARE_ENGINE_CACHE") or Path.home() / ".cache" / "bare-engine"
-    return Path(root) / "kernels"
+def cache_root() -> Path:
+    """bare-engine's cache: built kernels here, converted checkpoints (model/gguf_import.py) beside them."""
+    return Path(os.environ.get("BARE_ENGINE_CACHE") or Path.home() / ".cache" / "bare-engine")
 
 
 def _cpu_identity() -> str:
@@ -50,7 +50,7 @@ def build(source: Path) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256("\0".join([source.read_text(), " ".join(COMPILE_FLAGS + LINK_FLAGS), version,
                                     _cpu_identity()]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"{source.stem}-{key}.so"
+    target = cache_root() / "kernels" / f"{source.stem}-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

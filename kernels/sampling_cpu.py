@@ -9,6 +9,7 @@ including the module's API, is the reference's. ``available()``: whether the C s
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import torch
 
@@ -16,6 +17,7 @@ from . import native, sampling_ref
 from .sampling_ref import PenaltyState, SampleResult, SamplingTensors  # noqa: F401  (the sampler's API)
 
 
+@functools.cache
 def _library() -> ctypes.CDLL | str:
     lib = native.load("cpu_philox")
     if not isinstance(lib, str):

@@ -292,10 +292,6 @@ def uniform_noise(seed: Tensor, position: Tensor, token: Tensor) -> Tensor:
     return _to_uniform(random_bits(seed, position, token))
 
 
-def row_uniform_noise(seed: Tensor, position: Tensor, vocab: int) -> Tensor:
-    return _to_uniform(row_random_bits(seed, position, vocab))
-
-
 # ----------------------------------------------------------------------------- processing
 
 

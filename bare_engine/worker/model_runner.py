@@ -62,8 +62,9 @@ class LaunchedStep:
             return StepResult([], [])
         start = time.perf_counter()
         out = self.sample.to_host()
+        waited = time.perf_counter() - start
         for stats in self.stats:
-            stats.busy_seconds += time.perf_counter() - start
+            stats.busy_seconds += waited
         return StepResult(self.seqs, out.token_ids, out.logprobs)
 
 

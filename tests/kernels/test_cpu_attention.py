@@ -66,9 +66,12 @@ def test_same_result_whatever_the_thread_count():
 
 
 def test_rows_of_a_sequence_do_not_depend_on_its_batch():
-    alone, _ = run_case([(13, 45)], 3, 64, 16, torch.float32)
-    out, args = run_case([(13, 45)], 3, 64, 16, torch.float32)
-    assert torch.equal(alone, out)
+    out, (q, k_cache, v_cache, tables, cu, ctx, scale) = run_case(MIXED, 3, 64, 16, torch.float32)
+    for b in (2, 4, 5):  # a prefix chunk, a decode and a chunk longer than a tile, each alone in its batch
+        rows = slice(int(cu[b]), int(cu[b + 1]))
+        alone_cu = torch.tensor([0, rows.stop - rows.start], dtype=torch.int32)
+        alone = cpu_attention.paged_attention(q[rows], k_cache, v_cache, tables[b:b + 1], alone_cu, ctx[b:b + 1], scale)
+        assert torch.equal(alone, out[rows])
 
 
 def test_causal_within_a_chunk():

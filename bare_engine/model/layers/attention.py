@@ -190,11 +190,12 @@ def select_backend(requested: str, device: torch.device) -> AttentionBackend:
         raise ConfigError(
             f"attention backend {name!r} needs Triton on CUDA (or TRITON_INTERPRET=1 on CPU); device is {device}"
         )
-    if name == "cpu" and (device.type != "cpu" or not cpu_kernel_usable()):
+    if name == "cpu":
         from bare_engine.kernels import cpu_attention
 
-        why = cpu_attention.build_error() or f"device is {device}"
-        raise ConfigError(f"attention backend 'cpu' needs the CPU and a C compiler to build it: {why}")
+        why = f"device is {device}" if device.type != "cpu" else cpu_attention.build_error()
+        if why:
+            raise ConfigError(f"attention backend 'cpu' needs the CPU and a C compiler to build it: {why}")
     if name == "flash_attn" and (device.type != "cuda" or importlib.util.find_spec("flash_attn") is None):
         raise ConfigError("attention backend 'flash_attn' needs the flash-attn package and a CUDA device")
     backend = {"torch": TorchBackend, "cpu": CpuBackend, "triton": TritonBackend, "flash_attn": FlashAttnBackend}[name]()
