@@ -150,12 +150,18 @@ def test_a_replica_killed_mid_run_is_replaced(cluster, reference, tmp_path):
     thread.start()
     try:
         deadline = time.monotonic() + 300
+        handles = []  # looked up before records arrive: listing actors is slow, a fast run ends meanwhile
+        while len(handles) < 2 and thread.is_alive() and time.monotonic() < deadline:
+            replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("replica-")]
+            if len(replicas) == 2:
+                handles = [ray.get_actor(a["name"], namespace=a["namespace"]) for a in replicas]
+            else:
+                time.sleep(0.01)
         while lines(out) < 2 and thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.01)
-        replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("replica-")]
-        assert thread.is_alive() and len(replicas) == 2, "the run ended before a replica could be killed"
-        for actor in replicas:  # both: at least one holds chunks now
-            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+        assert thread.is_alive() and len(handles) == 2, "the run ended before a replica could be killed"
+        for handle in handles:  # both: at least one holds chunks now
+            ray.kill(handle)
     finally:
         thread.join(timeout=400)
     assert outcome["result"].complete
