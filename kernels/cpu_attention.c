@@ -16,28 +16,17 @@
 #include <string.h>
 #include <math.h>
 
+#include "cpu_dtype.h"
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
 #define CHUNK 16
 #define MAX_D 256
 #define MAX_ROWS 64
 #define NEG_BIG (-1e30f)
 #define TRANSPOSE_MIN_ROWS 12
-
-enum { F32 = 0, BF16 = 1 };
-
-static inline float bf16_to_f32(uint16_t x) {
-    uint32_t u = (uint32_t)x << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {  /* round to nearest even, as torch does */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  /* NaN stays NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 
 /* exp of CHUNK + 1 lanes (all <= 0) in a form the compiler vectorises: 2^x = 2^n * 2^f with
  * |f| <= 1/2 and a degree-7 Taylor polynomial for 2^f (relative error below 2e-8 on that range). */
@@ -65,6 +54,59 @@ static inline void load_row(const void *base, int dtype, int64_t offset, int d, 
     }
 }
 
+static const float ZERO_ROW[MAX_D];  /* the rows of a chunk past its last key */
+
+#ifdef __AVX512F__
+/* The horizontal sums of 16 vectors as one vector (lane t: the sum of v[t]), by a fixed tree of
+ * unpacks and lane shuffles: the same order for every row and batch. */
+static inline __m512 sum16(const __m512 *v) {
+    __m512 pairs[8], quads[4];
+    for (int j = 0; j < 8; j++)
+        pairs[j] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * j], v[2 * j + 1]), _mm512_unpackhi_ps(v[2 * j], v[2 * j + 1]));
+    for (int j = 0; j < 4; j++) {
+        const __m512d x = _mm512_castps_pd(pairs[2 * j]), y = _mm512_castps_pd(pairs[2 * j + 1]);
+        quads[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    const __m512 x0 = _mm512_add_ps(_mm512_shuffle_f32x4(quads[0], quads[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                    _mm512_shuffle_f32x4(quads[0], quads[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512 x1 = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2], quads[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                    _mm512_shuffle_f32x4(quads[2], quads[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(x0, x1, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(x0, x1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* One query row's scores against the CHUNK (16) keys of a chunk; d a multiple of 16. */
+static inline void row_scores(const float *q, const float *const *krow, int d, float *s) {
+    __m512 dots[CHUNK];
+    for (int t = 0; t < CHUNK; t++) {
+        __m512 x = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(krow[t]));
+        for (int i = 16; i < d; i += 16) x = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), _mm512_loadu_ps(krow[t] + i), x);
+        dots[t] = x;
+    }
+    _mm512_storeu_ps(s, sum16(dots));
+}
+
+/* a += sum over the first n keys of e[t] * v[t], 64 columns at a time in registers; d a multiple of 64. */
+static inline void add_weighted_rows(float *a, const float *e, const float *const *vrow, int n, int d) {
+    for (int i = 0; i < d; i += 64) {
+        __m512 a0 = _mm512_loadu_ps(a + i), a1 = _mm512_loadu_ps(a + i + 16), a2 = _mm512_loadu_ps(a + i + 32),
+               a3 = _mm512_loadu_ps(a + i + 48);
+        for (int t = 0; t < n; t++) {
+            const __m512 w = _mm512_set1_ps(e[t]);
+            const float *v = vrow[t] + i;
+            a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(v), a0);
+            a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + 16), a1);
+            a2 = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + 32), a2);
+            a3 = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + 48), a3);
+        }
+        _mm512_storeu_ps(a + i, a0);
+        _mm512_storeu_ps(a + i + 16, a1);
+        _mm512_storeu_ps(a + i + 32, a2);
+        _mm512_storeu_ps(a + i + 48, a3);
+    }
+}
+#endif
+
 typedef struct {
     const void *q, *k_cache, *v_cache;
     void *out;
@@ -75,23 +117,29 @@ typedef struct {
 } Problem;
 
 /* Scores of every row against one chunk of keys, into s[r][0..CHUNK).
- * Few rows (decodes): a dot product per (row, key), each key row loaded once for all rows.
+ * Few rows (decodes): a dot product per (row, key), as 16 vector partial sums reduced together.
  * Many rows: K transposed once, then four rows at a time as CHUNK-wide FMAs (four independent
  * accumulators keep the FMA pipes busy). */
 static inline __attribute__((always_inline)) void chunk_scores(
-        int d, int rows, int transposed, float (*q)[MAX_D], float (*k)[MAX_D], float (*kt)[CHUNK],
+        int d, int rows, int transposed, float (*q)[MAX_D], const float *const *krow, float (*kt)[CHUNK],
         float (*s)[CHUNK]) {
     if (!transposed) {
+#ifdef __AVX512F__
+        if (d % 16 == 0) {
+            for (int r = 0; r < rows; r++) row_scores(q[r], krow, d, s[r]);
+            return;
+        }
+#endif
         for (int t = 0; t < CHUNK; t++)
             for (int r = 0; r < rows; r++) {
                 float dot = 0.0f;
-                for (int i = 0; i < d; i++) dot += q[r][i] * k[t][i];
+                for (int i = 0; i < d; i++) dot += q[r][i] * krow[t][i];
                 s[r][t] = dot;
             }
         return;
     }
     for (int t = 0; t < CHUNK; t++)
-        for (int i = 0; i < d; i++) kt[i][t] = k[t][i];
+        for (int i = 0; i < d; i++) kt[i][t] = krow[t][i];
     for (int r0 = 0; r0 < rows; r0 += 4) {  /* q has zero rows past `rows`, up to a multiple of 4 */
         float s4[4][CHUNK] = {{0}};
         for (int i = 0; i < d; i++)
@@ -116,6 +164,7 @@ static inline __attribute__((always_inline)) void attend_tile_d(const Problem *p
 
     float q[MAX_ROWS + 3][MAX_D], acc[MAX_ROWS][MAX_D], m[MAX_ROWS], l[MAX_ROWS];
     float k[CHUNK][MAX_D], kt[MAX_D][CHUNK], v[CHUNK][MAX_D], s[MAX_ROWS][CHUNK];
+    const float *krow[CHUNK], *vrow[CHUNK];  /* the chunk's float32 rows: in the cache, or converted into k/v */
     int last[MAX_ROWS];  /* the last key position each row may see */
 
     for (int r = 0; r < rows; r++) {
@@ -150,14 +199,18 @@ static inline __attribute__((always_inline)) void attend_tile_d(const Problem *p
             int pos = start + t;
             int64_t slot = (int64_t)table[pos / bs] * bs + pos % bs;
             int64_t offset = slot * kv_token_stride + (int64_t)h * d;
-            load_row(p->k_cache, p->kv_dtype, offset, d, k[t]);
-            load_row(p->v_cache, p->kv_dtype, offset, d, v[t]);
+            if (p->kv_dtype == F32) {
+                krow[t] = (const float *)p->k_cache + offset;
+                vrow[t] = (const float *)p->v_cache + offset;
+            } else {
+                load_row(p->k_cache, p->kv_dtype, offset, d, k[t]);
+                load_row(p->v_cache, p->kv_dtype, offset, d, v[t]);
+                krow[t] = k[t];
+                vrow[t] = v[t];
+            }
         }
-        for (int t = n; t < CHUNK; t++) {
-            for (int i = 0; i < d; i++) k[t][i] = 0.0f;
-            for (int i = 0; i < d; i++) v[t][i] = 0.0f;
-        }
-        chunk_scores(d, rows, transposed, q, k, kt, s);
+        for (int t = n; t < CHUNK; t++) krow[t] = vrow[t] = ZERO_ROW;
+        chunk_scores(d, rows, transposed, q, krow, kt, s);
         for (int r = 0; r < rows; r++) {
             const int visible = last[r] - start + 1;  /* keys of this chunk row r may see */
             if (visible <= 0) continue;
@@ -179,9 +232,15 @@ static inline __attribute__((always_inline)) void attend_tile_d(const Problem *p
             m[r] = new_max;
             float *a = acc[r];
             for (int i = 0; i < d; i++) a[i] *= correction;
+#ifdef __AVX512F__
+            if (d % 64 == 0) {
+                add_weighted_rows(a, e, vrow, valid, d);
+                continue;
+            }
+#endif
             for (int t = 0; t < valid; t++) {
                 const float w = e[t];
-                for (int i = 0; i < d; i++) a[i] += w * v[t][i];
+                for (int i = 0; i < d; i++) a[i] += w * vrow[t][i];
             }
         }
     }
@@ -246,5 +305,21 @@ int paged_attention(const void *q, const void *k_cache, const void *v_cache, voi
         attend_tile(&p, b, h, start, end);
     }
     free(items);
+    return 0;
+}
+
+/* The step's new key/value rows [n, Hkv, D] (row i at key + i * key_stride elements, heads
+ * packed) into their cache slots; slot < 0 is padding. Returns -1, writing nothing, when a slot
+ * is past the cache's num_slots. */
+int store_kv(const void *key, int64_t key_stride, const void *value, int64_t value_stride, void *k_cache,
+             void *v_cache, const int64_t *slots, int n, int64_t num_slots, int row_elems, int elem_size) {
+    for (int i = 0; i < n; i++)
+        if (slots[i] >= num_slots) return -1;
+    const size_t row_bytes = (size_t)row_elems * elem_size;
+    for (int i = 0; i < n; i++) {
+        if (slots[i] < 0) continue;
+        memcpy((char *)k_cache + slots[i] * row_bytes, (const char *)key + i * key_stride * elem_size, row_bytes);
+        memcpy((char *)v_cache + slots[i] * row_bytes, (const char *)value + i * value_stride * elem_size, row_bytes);
+    }
     return 0;
 }

@@ -13,7 +13,7 @@ import functools
 
 import torch
 
-from . import native
+from . import attention_ref, native
 from .errors import KernelInputError
 
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}
@@ -26,6 +26,9 @@ def _library() -> ctypes.CDLL | str:
         lib.paged_attention.restype = ctypes.c_int
         lib.paged_attention.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
             [ctypes.c_int] * 5 + [ctypes.c_float] + [ctypes.c_int] * 3
+        lib.store_kv.restype = ctypes.c_int
+        lib.store_kv.argtypes = [ctypes.c_void_p, ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3 + \
+            [ctypes.c_int, ctypes.c_int64, ctypes.c_int, ctypes.c_int]
     return lib
 
 
@@ -88,3 +91,23 @@ def paged_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_len
         raise MemoryError("the native CPU attention kernel could not allocate its work list")
     return out
 
+
+
+def _rows_packed(x: torch.Tensor) -> bool:
+    """``[N, H, D]`` with each row's heads packed (a head slice of the fused qkv is)."""
+    return x.dim() == 3 and x.stride(2) == 1 and x.stride(1) == x.shape[2]
+
+
+def store_kv(key, value, k_cache, v_cache, slot_mapping) -> None:
+    """``attention_ref.store_kv_ref`` in native code: one copy per row, no mask or index tensors."""
+    lib = _library()
+    if (isinstance(lib, str) or key.dtype != k_cache.dtype or value.dtype != v_cache.dtype or key.device.type != "cpu"
+            or not (_rows_packed(key) and _rows_packed(value) and k_cache.is_contiguous() and v_cache.is_contiguous())
+            or key.shape[1:] != k_cache.shape[2:] or value.shape != key.shape or k_cache.shape != v_cache.shape):
+        return attention_ref.store_kv_ref(key, value, k_cache, v_cache, slot_mapping)
+    slots = slot_mapping.to(torch.int64).contiguous()
+    status = lib.store_kv(key.data_ptr(), key.stride(0), value.data_ptr(), value.stride(0), k_cache.data_ptr(),
+                          v_cache.data_ptr(), slots.data_ptr(), slots.numel(), k_cache.shape[0] * k_cache.shape[1],
+                          key.shape[1] * key.shape[2], key.element_size())
+    if status != 0:
+        raise KernelInputError(f"a slot in slot_mapping is past the cache's {k_cache.shape[0] * k_cache.shape[1]} slots")

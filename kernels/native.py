@@ -1,7 +1,7 @@
 """Native CPU kernels: a C source beside this file, compiled on first use and cached.
 
-Each source is built with the machine's C compiler (``cc``, or ``$CC``) for this CPU
-(``-march=native``) into ``cache_root()/kernels`` (``$BARE_ENGINE_CACHE``, default ``~/.cache/bare-engine``),
+Each source (with the ``*.h`` headers beside it) is built with the machine's C compiler
+(``cc``, or ``$CC``) for this CPU (``-march=native``) into ``cache_root()/kernels`` (``$BARE_ENGINE_CACHE``, default ``~/.cache/bare-engine``),
 keyed by the source, the flags, the compiler and the CPU, and loaded with ctypes. OpenMP comes
 from the runtime torch already loaded (same soname), so the kernels share torch's threads.
 ``load`` returns the library, or the reason it could not be built as a string.
@@ -48,7 +48,8 @@ def build(source: Path) -> Path:
     if compiler is None:
         raise OSError("no C compiler (cc, gcc or $CC) on PATH")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([source.read_text(), " ".join(COMPILE_FLAGS + LINK_FLAGS), version,
+    headers = [h.read_text() for h in sorted(source.parent.glob("*.h"))]  # what the source may include
+    key = hashlib.sha256("\0".join([source.read_text(), *headers, " ".join(COMPILE_FLAGS + LINK_FLAGS), version,
                                     _cpu_identity()]).encode()).hexdigest()[:16]
     target = cache_root() / "kernels" / f"{source.stem}-{key}.so"
     if target.exists():

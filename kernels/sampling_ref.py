@@ -375,22 +375,20 @@ def sample(
     num_logprobs: int | None = None,
     *,
     validate: bool = True,
-    row_random_bits=row_random_bits,
+    draw=None,
 ) -> SampleResult:
-    """Sample one token per row of ``logits`` [B, V] (see the module docstring). ``row_random_bits``:
-    another implementation of this module's function of that name (kernels/sampling_cpu.py)."""
+    """Sample one token per row of ``logits`` [B, V] (see the module docstring). ``draw``: another
+    implementation of step 5, this module's ``draw_tokens`` (kernels/sampling_cpu.py has one)."""
     if validate:
         validate_sampling_tensors(logits, params, penalties, num_logprobs)
     penalized = penalized_logits(logits, params, penalties)
     z = scaled_logits(penalized, params)
     tau = filter_threshold(z, params)
-    kept = kept_mask(z, tau)
-    greedy = params.temperature == 0
-
-    token_ids = torch.where(greedy, penalized.argmax(dim=1), _gumbel_argmax(z, kept, params, row_random_bits))
+    token_ids = (draw or draw_tokens)(z, tau, params)
     if num_logprobs is None:
         return SampleResult(token_ids, None, None, None)
 
+    kept = kept_mask(z, tau)
     z64 = z.double()
     z_max = _safe_max(z.max(dim=1).values).double()
     mass = torch.where(kept, torch.exp(z64 - z_max[:, None]), 0.0).sum(dim=1)
@@ -417,7 +415,14 @@ def _pad_top(top_ids: Tensor, top_lp: Tensor, top_kept: Tensor, n: int) -> tuple
     return ids, lps
 
 
-def _gumbel_argmax(z: Tensor, kept: Tensor, params: SamplingTensors, row_bits=row_random_bits) -> Tensor:
+def draw_tokens(z: Tensor, tau: Tensor, params: SamplingTensors) -> Tensor:
+    """Step 5: the Gumbel-max draw of each sampled row over its kept tokens; greedy rows take the
+    argmax of ``z``, which for them is the penalized logits ``l`` (temperature 1 in ``scaled_logits``)."""
+    drawn = _gumbel_argmax(z, kept_mask(z, tau), params)
+    return torch.where(params.temperature == 0, z.argmax(dim=1), drawn)
+
+
+def _gumbel_argmax(z: Tensor, kept: Tensor, params: SamplingTensors) -> Tensor:
     """argmax over kept tokens of ``z - log(E)``, noise drawn only for sampled rows."""
     tokens = torch.zeros(z.shape[0], dtype=torch.int64, device=z.device)
     rows = (params.temperature > 0).nonzero()[:, 0]
@@ -426,7 +431,7 @@ def _gumbel_argmax(z: Tensor, kept: Tensor, params: SamplingTensors, row_bits=ro
     z, kept = z[rows], kept[rows]
     seed, position = params.seed[rows], params.position[rows]
     if int(kept.sum()) * 4 > kept.numel():  # dense: four tokens per Philox call
-        v = _to_uniform(row_bits(seed, position, z.shape[1]))
+        v = _to_uniform(row_random_bits(seed, position, z.shape[1]))
         scores = z.double() - torch.log(-torch.log1p(-v.double()))
         scores = scores.masked_fill(~kept, -math.inf)
     else:

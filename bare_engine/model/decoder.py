@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from bare_engine.kernels import fused_ref
 from bare_engine.model.layers.attention import AttentionBackend, AttentionMetadata
 from bare_engine.model.config import ModelConfig
 from bare_engine.model.layers.linear import (
@@ -33,9 +33,9 @@ class RMSNorm(nn.Module):
         self.weight = empty_parameter(dim)
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 and cast back before the weight, as transformers does.
-        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, ops=fused_ref):
+        """``x`` normalised; with ``residual``, ``(normalised x + residual, x + residual)`` (see ``fused_ref``)."""
+        return ops.rms_norm(x, self.weight, self.eps, residual)
 
 
 class RotaryEmbedding(nn.Module):
@@ -49,13 +49,6 @@ class RotaryEmbedding(nn.Module):
     def angles(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin ``[N, 1, head_dim / 2]`` of the step's positions: looked up once, used by every layer."""
         return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
-
-
-def rotate(x: torch.Tensor, angles: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate ``x`` ``[N, heads, head_dim]`` by its tokens' ``RotaryEmbedding.angles`` (rotate-half layout)."""
-    cos, sin = angles
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 class Attention(nn.Module):
@@ -92,7 +85,7 @@ class Attention(nn.Module):
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotate(q, angles), rotate(k, angles)
+        q, k = backend.ops.rotate(q, *angles), backend.ops.rotate(k, *angles)
         out = backend.forward(q, k, v, kv_cache, meta, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
 
@@ -104,9 +97,8 @@ class MLP(nn.Module):
         self.gate_up_proj = ColumnParallelLinear(config.hidden_size, [inner, inner], bias=config.mlp_bias)
         self.down_proj = RowParallelLinear(inner, config.hidden_size, group, bias=config.mlp_bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, ops=fused_ref) -> torch.Tensor:
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -117,9 +109,16 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config, group)
 
-    def forward(self, x, angles, kv_cache, backend, meta):
-        x = x + self.self_attn(self.input_layernorm(x), angles, kv_cache, backend, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, angles, kv_cache, backend, meta):
+        """``(x, residual)`` in and out, vLLM's form: the residual add is fused into the next norm.
+        The first layer gets ``residual=None`` (x is the embedding)."""
+        if residual is None:
+            residual, x = x, self.input_layernorm(x, ops=backend.ops)
+        else:
+            x, residual = self.input_layernorm(x, residual, backend.ops)
+        x = self.self_attn(x, angles, kv_cache, backend, meta)
+        x, residual = self.post_attention_layernorm(x, residual, backend.ops)
+        return self.mlp(x, backend.ops), residual
 
 
 class CausalLM(nn.Module):
@@ -176,9 +175,12 @@ class CausalLM(nn.Module):
     ) -> torch.Tensor:
         x = self.model.embed_tokens(input_ids)
         angles = self.rotary.angles(positions, x.dtype)
+        residual = None
         for layer, kv_cache in zip(self.model.layers, kv_caches):
-            x = layer(x, angles, kv_cache, backend, meta)
-        return self.model.norm(x)
+            x, residual = layer(x, residual, angles, kv_cache, backend, meta)
+        if residual is None:  # no layers
+            return self.model.norm(x, ops=backend.ops)
+        return self.model.norm(x, residual, backend.ops)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Float32 logits over the whole vocabulary on rank 0 (gathered from the ranks' shares); None elsewhere."""

@@ -3,7 +3,7 @@
 The maths lives in ``kernels/sampling.py`` (Triton) and ``kernels/sampling_ref.py``
 (torch, same semantics). ``backend="auto"`` uses Triton on CUDA and the torch
 reference elsewhere (on the CPU with its Philox bits from native code when a C compiler
-builds ``kernels/cpu_philox.c``: ``kernels/sampling_cpu.py``, the same tokens): Triton's CPU
+builds ``kernels/cpu_sampling.c``: ``kernels/sampling_cpu.py``, the same tokens): Triton's CPU
 interpreter runs the kernels (the tests force it with ``backend="triton"``) but is far too
 slow for a generation loop.
 

@@ -5,7 +5,7 @@ head dims and both dtypes."""
 import pytest
 import torch
 from bare_engine.kernels import cpu_attention
-from bare_engine.kernels.attention_ref import paged_attention_ref
+from bare_engine.kernels.attention_ref import paged_attention_ref, store_kv_ref
 from bare_engine.kernels.errors import KernelInputError
 from paged_cases import assert_close, fused_query, naive_attention, paged_batch
 
@@ -90,3 +90,22 @@ def test_bad_inputs_raise():
         cpu_attention.paged_attention(q.half(), k_cache.half(), v_cache.half(), tables, cu, ctx, scale)
     with pytest.raises(KernelInputError, match="do not fit"):
         cpu_attention.paged_attention(q[:, :3], k_cache, v_cache, tables, cu, ctx, scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_store_kv_writes_what_the_reference_writes(dtype):
+    """Keys and values as head slices of a fused qkv row, padding slots skipped, other slots untouched."""
+    num_blocks, block_size, heads, head_dim = 6, 4, 2, 8
+    gen = torch.Generator().manual_seed(1)
+    qkv = torch.randn(5, (3 + 2 * heads) * head_dim, generator=gen).to(dtype)
+    _, key, value = qkv.split([3 * head_dim, heads * head_dim, heads * head_dim], dim=-1)
+    key, value = key.reshape(5, heads, head_dim), value.reshape(5, heads, head_dim)
+    slots = torch.tensor([3, -1, 17, 0, 23])
+    caches = [torch.randn(num_blocks, block_size, heads, head_dim, generator=gen).to(dtype) for _ in range(2)]
+    expected = [c.clone() for c in caches]
+    cpu_attention.store_kv(key, value, *caches, slots)
+    store_kv_ref(key, value, *expected, slots)
+    assert all(torch.equal(a, b) for a, b in zip(caches, expected))
+    with pytest.raises(KernelInputError, match="past the cache"):
+        cpu_attention.store_kv(key, value, *caches, torch.tensor([0, 1, 2, 3, num_blocks * block_size]))
+    assert all(torch.equal(a, b) for a, b in zip(caches, expected))  # nothing written

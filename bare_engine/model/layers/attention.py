@@ -5,8 +5,9 @@ every sequence in the step has exactly one query token, ``prefill`` (variable-le
 causal over the paged context) otherwise. Backends:
 
 - ``torch``: the reference in ``kernels/attention_ref.py``; runs everywhere.
-- ``cpu``: ``kernels/cpu_attention.c``, native code compiled on first use, reading K/V in place;
-  CPU only; float32 and bfloat16 (other dtypes take the reference).
+- ``cpu``: ``kernels/cpu_attention.c``, native code compiled on first use, reading K/V in place,
+  with the decoder's elementwise chains in ``kernels/cpu_fused.c``; CPU only; float32 and bfloat16
+  (other dtypes take the references).
 - ``triton``: ``kernels/attention.py``; CUDA, or CPU under ``TRITON_INTERPRET=1``.
 - ``flash_attn``: flash-attn's paged kernels, when importable on CUDA.
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from bare_engine.errors import ConfigError
+from bare_engine.kernels import fused_ref
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,11 @@ class AttentionMetadata:
 
 
 class AttentionBackend:
+    """Also carries the decoder's elementwise ops (``ops``: ``kernels/fused_ref.py``'s functions), so one
+    choice of backend picks the native CPU kernels for both."""
+
     name = "base"
+    ops = fused_ref
 
     def forward(self, q, k, v, kv_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
         k_cache, v_cache = kv_cache
@@ -85,15 +91,22 @@ class TorchBackend(AttentionBackend):
 
 
 class CpuBackend(TorchBackend):
-    """Native attention over the paged cache; K/V stores stay the reference's index_copy_."""
+    """Native K/V stores and attention over the paged cache, and native elementwise ops (``kernels/cpu_fused.c``)."""
 
     name = "cpu"
 
     def __init__(self) -> None:
         super().__init__()
-        from bare_engine.kernels import cpu_attention
+        from bare_engine.kernels import cpu_attention, cpu_fused
 
         self.kernel = cpu_attention
+        if cpu_fused.available():
+            self.ops = cpu_fused
+        else:
+            logger.info("native CPU layer ops unavailable; using torch's")
+
+    def store_kv(self, k, v, k_cache, v_cache, slot_mapping):
+        self.kernel.store_kv(k, v, k_cache, v_cache, slot_mapping)
 
     def prefill(self, q, k_cache, v_cache, meta, scale):
         if not self.kernel.supports(q, k_cache):  # float16, or heads past the kernel's limits
