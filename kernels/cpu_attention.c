@@ -75,29 +75,38 @@ static inline __m512 sum16(const __m512 *v) {
                          _mm512_shuffle_f32x4(x0, x1, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
+/* 16 elements of a float32 (bf16 == 0) or bfloat16 row from element i, as float32. */
+static inline __m512 load16(const void *row, int i, const int bf16) {
+    if (bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + i))), 16));
+    return _mm512_loadu_ps((const float *)row + i);
+}
+
 /* One query row's scores against the CHUNK (16) keys of a chunk; d a multiple of 16. */
-static inline void row_scores(const float *q, const float *const *krow, int d, float *s) {
+static inline __attribute__((always_inline)) void row_scores(const float *q, const void *const *krow, int d, float *s,
+                                                             const int bf16) {
     __m512 dots[CHUNK];
     for (int t = 0; t < CHUNK; t++) {
-        __m512 x = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(krow[t]));
-        for (int i = 16; i < d; i += 16) x = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), _mm512_loadu_ps(krow[t] + i), x);
+        __m512 x = _mm512_mul_ps(_mm512_loadu_ps(q), load16(krow[t], 0, bf16));
+        for (int i = 16; i < d; i += 16) x = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), load16(krow[t], i, bf16), x);
         dots[t] = x;
     }
     _mm512_storeu_ps(s, sum16(dots));
 }
 
 /* a += sum over the first n keys of e[t] * v[t], 64 columns at a time in registers; d a multiple of 64. */
-static inline void add_weighted_rows(float *a, const float *e, const float *const *vrow, int n, int d) {
+static inline __attribute__((always_inline)) void add_weighted_rows(float *a, const float *e, const void *const *vrow,
+                                                                    int n, int d, const int bf16) {
     for (int i = 0; i < d; i += 64) {
         __m512 a0 = _mm512_loadu_ps(a + i), a1 = _mm512_loadu_ps(a + i + 16), a2 = _mm512_loadu_ps(a + i + 32),
                a3 = _mm512_loadu_ps(a + i + 48);
         for (int t = 0; t < n; t++) {
             const __m512 w = _mm512_set1_ps(e[t]);
-            const float *v = vrow[t] + i;
-            a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(v), a0);
-            a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + 16), a1);
-            a2 = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + 32), a2);
-            a3 = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + 48), a3);
+            a0 = _mm512_fmadd_ps(w, load16(vrow[t], i, bf16), a0);
+            a1 = _mm512_fmadd_ps(w, load16(vrow[t], i + 16, bf16), a1);
+            a2 = _mm512_fmadd_ps(w, load16(vrow[t], i + 32, bf16), a2);
+            a3 = _mm512_fmadd_ps(w, load16(vrow[t], i + 48, bf16), a3);
         }
         _mm512_storeu_ps(a + i, a0);
         _mm512_storeu_ps(a + i + 16, a1);
@@ -121,25 +130,28 @@ typedef struct {
  * Many rows: K transposed once, then four rows at a time as CHUNK-wide FMAs (four independent
  * accumulators keep the FMA pipes busy). */
 static inline __attribute__((always_inline)) void chunk_scores(
-        int d, int rows, int transposed, float (*q)[MAX_D], const float *const *krow, float (*kt)[CHUNK],
-        float (*s)[CHUNK]) {
+        int d, int rows, int transposed, int raw_bf16, float (*q)[MAX_D], const void *const *krow,
+        float (*kt)[CHUNK], float (*s)[CHUNK]) {
     if (!transposed) {
 #ifdef __AVX512F__
         if (d % 16 == 0) {
-            for (int r = 0; r < rows; r++) row_scores(q[r], krow, d, s[r]);
+            for (int r = 0; r < rows; r++) {
+                if (raw_bf16) row_scores(q[r], krow, d, s[r], 1);
+                else row_scores(q[r], krow, d, s[r], 0);
+            }
             return;
         }
 #endif
         for (int t = 0; t < CHUNK; t++)
             for (int r = 0; r < rows; r++) {
                 float dot = 0.0f;
-                for (int i = 0; i < d; i++) dot += q[r][i] * krow[t][i];
+                for (int i = 0; i < d; i++) dot += q[r][i] * ((const float *)krow[t])[i];
                 s[r][t] = dot;
             }
         return;
     }
     for (int t = 0; t < CHUNK; t++)
-        for (int i = 0; i < d; i++) kt[i][t] = krow[t][i];
+        for (int i = 0; i < d; i++) kt[i][t] = ((const float *)krow[t])[i];
     for (int r0 = 0; r0 < rows; r0 += 4) {  /* q has zero rows past `rows`, up to a multiple of 4 */
         float s4[4][CHUNK] = {{0}};
         for (int i = 0; i < d; i++)
@@ -164,7 +176,9 @@ static inline __attribute__((always_inline)) void attend_tile_d(const Problem *p
 
     float q[MAX_ROWS + 3][MAX_D], acc[MAX_ROWS][MAX_D], m[MAX_ROWS], l[MAX_ROWS];
     float k[CHUNK][MAX_D], kt[MAX_D][CHUNK], v[CHUNK][MAX_D], s[MAX_ROWS][CHUNK];
-    const float *krow[CHUNK], *vrow[CHUNK];  /* the chunk's float32 rows: in the cache, or converted into k/v */
+    /* The chunk's rows: in the cache (float32, or bfloat16 read by the AVX-512 decode path: raw_bf16),
+     * or converted to float32 into k/v. */
+    const void *krow[CHUNK], *vrow[CHUNK];
     int last[MAX_ROWS];  /* the last key position each row may see */
 
     for (int r = 0; r < rows; r++) {
@@ -182,6 +196,11 @@ static inline __attribute__((always_inline)) void attend_tile_d(const Problem *p
         for (int i = 0; i < d; i++) q[r][i] = 0.0f;
     const int num_keys = first_pos + tile_end;  /* keys 0 .. last position of the tile */
     const int transposed = rows >= TRANSPOSE_MIN_ROWS;
+#ifdef __AVX512F__
+    const int raw_bf16 = p->kv_dtype == BF16 && !transposed && d % 64 == 0;
+#else
+    const int raw_bf16 = 0;
+#endif
 
     for (int start = 0; start < num_keys; start += CHUNK) {
         const int n = num_keys - start < CHUNK ? num_keys - start : CHUNK;
@@ -202,6 +221,9 @@ static inline __attribute__((always_inline)) void attend_tile_d(const Problem *p
             if (p->kv_dtype == F32) {
                 krow[t] = (const float *)p->k_cache + offset;
                 vrow[t] = (const float *)p->v_cache + offset;
+            } else if (raw_bf16) {
+                krow[t] = (const uint16_t *)p->k_cache + offset;
+                vrow[t] = (const uint16_t *)p->v_cache + offset;
             } else {
                 load_row(p->k_cache, p->kv_dtype, offset, d, k[t]);
                 load_row(p->v_cache, p->kv_dtype, offset, d, v[t]);
@@ -210,7 +232,7 @@ static inline __attribute__((always_inline)) void attend_tile_d(const Problem *p
             }
         }
         for (int t = n; t < CHUNK; t++) krow[t] = vrow[t] = ZERO_ROW;
-        chunk_scores(d, rows, transposed, q, krow, kt, s);
+        chunk_scores(d, rows, transposed, raw_bf16, q, krow, kt, s);
         for (int r = 0; r < rows; r++) {
             const int visible = last[r] - start + 1;  /* keys of this chunk row r may see */
             if (visible <= 0) continue;
@@ -234,13 +256,14 @@ static inline __attribute__((always_inline)) void attend_tile_d(const Problem *p
             for (int i = 0; i < d; i++) a[i] *= correction;
 #ifdef __AVX512F__
             if (d % 64 == 0) {
-                add_weighted_rows(a, e, vrow, valid, d);
+                if (raw_bf16) add_weighted_rows(a, e, vrow, valid, d, 1);
+                else add_weighted_rows(a, e, vrow, valid, d, 0);
                 continue;
             }
 #endif
             for (int t = 0; t < valid; t++) {
                 const float w = e[t];
-                for (int i = 0; i < d; i++) a[i] += w * vrow[t][i];
+                for (int i = 0; i < d; i++) a[i] += w * ((const float *)vrow[t])[i];
             }
         }
     }
