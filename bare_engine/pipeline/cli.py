@@ -122,8 +122,8 @@ def _run(config_path: str | None, print_config: bool, sampling_step: tuple[str, 
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         click.echo(f"error: {message}", err=True)
         sys.exit(EXIT_ERROR)
-    except KeyboardInterrupt:
-        click.echo("interrupted before generation started", err=True)
+    except KeyboardInterrupt:  # outside the generation loop: while starting up, or while shutting down after it
+        click.echo("interrupted; the output keeps whole records only: run the same command again to resume", err=True)
         sys.exit(EXIT_INTERRUPTED)
     for line in summary_lines(result, cfg.out):
         click.echo(line, err=True)
