@@ -41,7 +41,7 @@ from pathlib import Path
 # followed by the shared timed body.
 BARE_SETUP = r"""
 import json, sys, time, torch
-spec = json.loads(sys.argv[1])
+spec = json.load(sys.stdin)
 torch.set_num_threads(spec["threads"])
 import bare_engine
 from bare_engine import LLM, SamplingParams
@@ -53,7 +53,7 @@ version = bare_engine.__version__
 
 VLLM_SETUP = r"""
 import json, sys, time, torch
-spec = json.loads(sys.argv[1])
+spec = json.load(sys.stdin)
 torch.set_num_threads(spec["threads"])
 import vllm
 from vllm import LLM, SamplingParams
@@ -90,7 +90,8 @@ def workload(args) -> tuple[list[list[int]], list[int]]:
 
 
 def run_system(python: str, driver: str, spec: dict, env: dict, timeout: float) -> dict:
-    proc = subprocess.run([python, "-c", driver, json.dumps(spec)], capture_output=True, text=True, env=env,
+    # The spec goes through stdin: 128 prompts of token ids are past the OS's limit on an argument list.
+    proc = subprocess.run([python, "-c", driver], input=json.dumps(spec), capture_output=True, text=True, env=env,
                           timeout=timeout)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:

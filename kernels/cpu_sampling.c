@@ -111,3 +111,15 @@ void draw_tokens(const float *z, const float *tau, const int64_t *seed, const in
                             : row_argmax(zr, vocab);
     }
 }
+
+/* mass[r] = the float64 sum over the row's tokens of exp(z - shift[r]): the normaliser of top_p
+ * (sampling_cpu._top_k_thresholds), summed in vector lanes (its last bits depend on the order). */
+void exp_mass(const float *z, const double *shift, int rows, int vocab, double *mass, int num_threads) {
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+    for (int r = 0; r < rows; r++) {
+        const float *zr = z + (int64_t)r * vocab;
+        double sum = 0.0;
+        for (int i = 0; i < vocab; i++) sum += exp((double)zr[i] - shift[r]);
+        mass[r] = sum;
+    }
+}

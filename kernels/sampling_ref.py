@@ -326,14 +326,19 @@ def filter_threshold(z: Tensor, params: SamplingTensors) -> Tensor:
 
     Sorting is fine here: this is the specification, not the fast path.
     """
+    tau, rows = unfiltered_threshold(z, params)
+    if rows.numel() > 0:
+        top_k = params.top_k.long()
+        tau[rows] = _thresholds(z[rows], top_k[rows], params.top_p[rows].float(), params.min_p[rows].float())
+    return tau
+
+
+def unfiltered_threshold(z: Tensor, params: SamplingTensors) -> tuple[Tensor, Tensor]:
+    """``tau`` of -inf for every row (keep all finite tokens), and the rows a filter applies to."""
     batch, vocab = z.shape
     top_k = params.top_k.long()
     filtered = (params.temperature > 0) & (((top_k > 0) & (top_k < vocab)) | (params.top_p < 1) | (params.min_p > 0))
-    tau = torch.full((batch,), -math.inf, dtype=torch.float32, device=z.device)
-    rows = filtered.nonzero()[:, 0]
-    if rows.numel() > 0:
-        tau[rows] = _thresholds(z[rows], top_k[rows], params.top_p[rows].float(), params.min_p[rows].float())
-    return tau
+    return torch.full((batch,), -math.inf, dtype=torch.float32, device=z.device), filtered.nonzero()[:, 0]
 
 
 def _thresholds(z: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor) -> Tensor:
@@ -375,15 +380,17 @@ def sample(
     num_logprobs: int | None = None,
     *,
     validate: bool = True,
+    threshold=None,
     draw=None,
 ) -> SampleResult:
-    """Sample one token per row of ``logits`` [B, V] (see the module docstring). ``draw``: another
-    implementation of step 5, this module's ``draw_tokens`` (kernels/sampling_cpu.py has one)."""
+    """Sample one token per row of ``logits`` [B, V] (see the module docstring). ``threshold`` and
+    ``draw``: other implementations of steps 4 and 5, this module's ``filter_threshold`` and
+    ``draw_tokens`` (kernels/sampling_cpu.py has both)."""
     if validate:
         validate_sampling_tensors(logits, params, penalties, num_logprobs)
     penalized = penalized_logits(logits, params, penalties)
     z = scaled_logits(penalized, params)
-    tau = filter_threshold(z, params)
+    tau = (threshold or filter_threshold)(z, params)
     token_ids = (draw or draw_tokens)(z, tau, params)
     if num_logprobs is None:
         return SampleResult(token_ids, None, None, None)

@@ -58,3 +58,20 @@ def test_a_row_draws_the_same_token_whatever_its_batch():
     for r in (0, 4, 8):
         alone = sampling_cpu.sample(logits[r:r + 1], tensors(1, seed=params.seed[r:r + 1], position=params.position[r:r + 1]))
         assert alone.token_ids.item() == batch[r].item()
+
+
+def test_top_k_thresholds_equal_the_reference():
+    """Rows bounded by top_k take their thresholds from torch.topk; with top_p, min_p, -inf logits,
+    ties, and rows that must take the reference (top_k above the finite tokens, top_p or min_p alone)."""
+    gen = torch.Generator().manual_seed(11)
+    rows, vocab = 240, 3000
+    logits = torch.randn(rows, vocab, generator=gen) * 2
+    logits[::5, 100:] = -math.inf  # 100 finite tokens: top_k 300 rows among these take the reference
+    logits[1::7] = logits[1::7].round()  # many ties at the boundaries
+    r = torch.arange(rows)
+    params = tensors(rows, top_k=torch.tensor([1, 5, 50, 300, -1, 2999])[r % 6].int(),
+                     top_p=torch.tensor([1.0, 0.9, 0.5, 0.99])[r % 4], min_p=torch.where(r % 9 == 0, 0.05, 0.0),
+                     temperature=torch.where(r % 13 == 0, 0.0, 0.9))
+    z = ref.scaled_logits(logits, params)
+    assert torch.equal(sampling_cpu.filter_threshold(z, params), ref.filter_threshold(z, params))
+    assert torch.equal(sampling_cpu.sample(logits, params).token_ids, ref.sample(logits, params).token_ids)
