@@ -1,7 +1,7 @@
 """Native CPU paged attention: ``cpu_attention.c``, built on first use by ``native.py``.
 
 Same signature and semantics as ``attention_ref.paged_attention_ref`` (the cache layout is
-described there), for float32 and bfloat16. It reads K/V in place through the block table, so
+described there), for float32 and bfloat16; ``store_kv`` is ``attention_ref.store_kv_ref``. It reads K/V in place through the block table, so
 a step never gathers the cache into padded copies as the torch reference does.
 ``available()`` says whether it could be built; ``build_error()`` says why not.
 """
