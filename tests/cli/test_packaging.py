@@ -76,5 +76,5 @@ def test_the_wheel_ships_kernels_inside_bare_engine(tmp_path):
     names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
     assert "bare_engine/kernels/sampling_ref.py" in names and "bare_engine/kernels/attention.py" in names
     assert {"bare_engine/kernels/cpu_attention.c", "bare_engine/kernels/cpu_sampling.c", "bare_engine/kernels/cpu_fused.c",
-            "bare_engine/kernels/cpu_dtype.h"} <= set(names)  # built on first use
+            "bare_engine/kernels/cpu_linear.c", "bare_engine/kernels/cpu_dtype.h"} <= set(names)  # built on first use
     assert not any(n.startswith("kernels/") for n in names)

@@ -1,0 +1,48 @@
+"""Linear layers over a few rows on the CPU: ``cpu_linear.c``, built on first use by ``native.py``.
+
+``F.linear`` (the reference) for 2-D float32 or bfloat16 CPU inputs of at most ``max_rows()`` rows:
+a decode step of one to four sequences, where a step streams every weight once and oneDNN's
+packed GEMM reaches about 17 GB/s of this machine's 29. ``usable(x, weight)`` says whether it
+takes these tensors; callers use oneDNN otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+from . import native
+
+DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | str:
+    lib = native.load("cpu_linear")
+    if not isinstance(lib, str):
+        lib.small_linear.restype = None
+        lib.small_linear.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 5
+    return lib
+
+
+@functools.cache
+def max_rows() -> int:
+    lib = _library()
+    return 0 if isinstance(lib, str) else lib.small_linear_max_rows()
+
+
+def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.dim() == 2 and 0 < x.shape[0] <= max_rows() and x.dtype in DTYPES and weight.dtype == x.dtype
+            and x.device.type == "cpu" and x.is_contiguous() and weight.is_contiguous()
+            and weight.shape[1] == x.shape[1])
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for ``usable`` inputs."""
+    y = x.new_empty(x.shape[0], weight.shape[0])
+    bias_ptr = None if bias is None else bias.to(x.dtype).contiguous().data_ptr()
+    _library().small_linear(x.data_ptr(), weight.data_ptr(), bias_ptr, y.data_ptr(), x.shape[0], weight.shape[0],
+                            x.shape[1], DTYPES[x.dtype], torch.get_num_threads())
+    return y

@@ -1,0 +1,32 @@
+"""The one-row linear on the CPU (kernels/cpu_linear.c) against F.linear, and when it applies."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from bare_engine.kernels import cpu_linear
+
+pytestmark = pytest.mark.skipif(cpu_linear.max_rows() == 0, reason="no C compiler")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n, k", [(96, 64), (50, 576), (7, 40)])  # 40: no 32-wide bf16 blocks, the plain loop
+@pytest.mark.parametrize("bias", [False, True])
+def test_matches_f_linear(dtype, n, k, bias):
+    gen = torch.Generator().manual_seed(n + k)
+    x, w = torch.randn(1, k, generator=gen).to(dtype), torch.randn(n, k, generator=gen).to(dtype)
+    b = torch.randn(n, generator=gen).to(dtype) if bias else None
+    assert cpu_linear.usable(x, w)
+    got = cpu_linear.linear(x, w, b)
+    expected = F.linear(x.double(), w.double(), None if b is None else b.double())  # exact products, then round
+    assert got.dtype == dtype and got.shape == (1, n)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance * k ** 0.5)
+
+
+def test_applies_to_one_packed_row_only():
+    w = torch.randn(8, 16)
+    assert not cpu_linear.usable(torch.randn(2, 16), w)  # more rows: oneDNN's packed GEMM
+    assert not cpu_linear.usable(torch.randn(1, 16).half(), w.half())
+    assert not cpu_linear.usable(torch.randn(16, 2).t()[:1], w)  # not contiguous
+    assert not cpu_linear.usable(torch.randn(1, 16), w.bfloat16())  # mixed dtypes
