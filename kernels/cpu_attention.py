@@ -1,8 +1,8 @@
 """Native CPU paged attention: ``cpu_attention.c``, built on first use by ``native.py``.
 
 Same signature and semantics as ``attention_ref.paged_attention_ref`` (the cache layout is
-described there), for float32 and bfloat16; ``store_kv`` is ``attention_ref.store_kv_ref``. It reads K/V in place through the block table, so
-a step never gathers the cache into padded copies as the torch reference does.
+described there), for float32 and bfloat16; ``store_kv`` is ``attention_ref.store_kv_ref``. It reads
+K/V in place through the block table, so a step never gathers the cache into padded copies as the torch reference does.
 ``available()`` says whether it could be built; ``build_error()`` says why not.
 """
 
@@ -16,7 +16,7 @@ import torch
 from . import attention_ref, native
 from .errors import KernelInputError
 
-DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+DTYPES = native.DTYPES
 
 
 @functools.cache
@@ -93,16 +93,11 @@ def paged_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_len
 
 
 
-def _rows_packed(x: torch.Tensor) -> bool:
-    """``[N, H, D]`` with each row's heads packed (a head slice of the fused qkv is)."""
-    return x.dim() == 3 and x.stride(2) == 1 and x.stride(1) == x.shape[2]
-
-
 def store_kv(key, value, k_cache, v_cache, slot_mapping) -> None:
     """``attention_ref.store_kv_ref`` in native code: one copy per row, no mask or index tensors."""
     lib = _library()
     if (isinstance(lib, str) or key.dtype != k_cache.dtype or value.dtype != v_cache.dtype or key.device.type != "cpu"
-            or not (_rows_packed(key) and _rows_packed(value) and k_cache.is_contiguous() and v_cache.is_contiguous())
+            or not (native.heads_packed(key) and native.heads_packed(value) and k_cache.is_contiguous() and v_cache.is_contiguous())
             or key.shape[1:] != k_cache.shape[2:] or value.shape != key.shape or k_cache.shape != v_cache.shape):
         return attention_ref.store_kv_ref(key, value, k_cache, v_cache, slot_mapping)
     slots = slot_mapping.to(torch.int64).contiguous()

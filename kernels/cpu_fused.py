@@ -15,7 +15,7 @@ import torch
 
 from . import fused_ref, native
 
-DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+DTYPES = native.DTYPES
 
 
 @functools.cache
@@ -74,11 +74,10 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """``fused_ref.rotate``, in place: ``x`` may be a view into a wider row (a head slice of the fused qkv)."""
     lib = _native(cos, sin)
-    rows, heads, head_dim = x.shape if x.dim() == 3 else (0, 0, 0)
-    packed_heads = x.dim() == 3 and x.stride(2) == 1 and x.stride(1) == head_dim and head_dim % 2 == 0
-    if (lib is None or not packed_heads or x.dtype != cos.dtype or x.device.type != "cpu"
-            or cos.shape != (rows, 1, head_dim // 2) or sin.shape != cos.shape):
+    if (lib is None or not native.heads_packed(x) or x.shape[2] % 2 or x.dtype != cos.dtype
+            or x.device.type != "cpu" or cos.shape != (x.shape[0], 1, x.shape[2] // 2) or sin.shape != cos.shape):
         return fused_ref.rotate(x, cos, sin)
+    rows, heads, head_dim = x.shape
     lib.rotary(x.data_ptr(), x.stride(0), rows, heads, head_dim, cos.data_ptr(), sin.data_ptr(), DTYPES[x.dtype],
                torch.get_num_threads())
     return x

@@ -1,4 +1,4 @@
-/* Linear layers over a few rows (decode steps of one to four sequences) on the CPU:
+/* Linear layers over a few rows (MAX_ROWS: a decode step of one sequence) on the CPU:
  * y[m][j] = sum_k x[m][k] * w[j][k] (+ bias[j]), w [n, k] row-major, float32 or bfloat16 (dtype 0/1),
  * accumulated in float32 and rounded once to the dtype, as oneDNN does. Such a step is a pass over
  * the weights; the output rows are split over the threads so that each streams its share once.

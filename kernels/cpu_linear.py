@@ -1,7 +1,7 @@
-"""Linear layers over a few rows on the CPU: ``cpu_linear.c``, built on first use by ``native.py``.
+"""Linear layers over one row on the CPU: ``cpu_linear.c``, built on first use by ``native.py``.
 
-``F.linear`` (the reference) for 2-D float32 or bfloat16 CPU inputs of at most ``max_rows()`` rows:
-a decode step of one to four sequences, where a step streams every weight once and oneDNN's
+``F.linear`` (the reference) for 2-D float32 or bfloat16 CPU inputs of at most ``max_rows()`` rows
+(one: a decode step of one sequence), where a step streams every weight once and oneDNN's
 packed GEMM reaches about 17 GB/s of this machine's 29. ``usable(x, weight)`` says whether it
 takes these tensors; callers use oneDNN otherwise.
 """
@@ -15,7 +15,7 @@ import torch
 
 from . import native
 
-DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+DTYPES = native.DTYPES
 
 
 @functools.cache
@@ -42,7 +42,7 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for ``usable`` inputs."""
     y = x.new_empty(x.shape[0], weight.shape[0])
-    bias_ptr = None if bias is None else bias.to(x.dtype).contiguous().data_ptr()
-    _library().small_linear(x.data_ptr(), weight.data_ptr(), bias_ptr, y.data_ptr(), x.shape[0], weight.shape[0],
+    bias = None if bias is None else bias.to(x.dtype).contiguous()  # held: the kernel reads it through a pointer
+    _library().small_linear(x.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr(), y.data_ptr(), x.shape[0], weight.shape[0],
                             x.shape[1], DTYPES[x.dtype], torch.get_num_threads())
     return y

@@ -19,6 +19,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
+# The dtype codes of cpu_dtype.h, as the kernels take them.
+DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+
 COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11"]
 # Linked without -ffast-math: that would add crtfastmath.o, which flushes denormals process-wide.
 LINK_FLAGS = ["-shared", "-fopenmp", "-lm"]
@@ -73,3 +78,8 @@ def load(name: str) -> ctypes.CDLL | str:
         return ctypes.CDLL(str(build(Path(__file__).with_name(f"{name}.c"))))
     except (OSError, subprocess.SubprocessError) as exc:
         return str(exc)
+
+
+def heads_packed(x: torch.Tensor) -> bool:
+    """``[N, H, D]`` with each row's heads packed: row n at ``n * x.stride(0)``, as a head slice of the fused qkv."""
+    return x.dim() == 3 and x.stride(2) == 1 and x.stride(1) == x.shape[2]

@@ -83,6 +83,10 @@ class Sequence:
     def num_uncomputed_tokens(self) -> int:
         return len(self) - self.num_computed_tokens
 
+    def prompt_tokens_in_step(self, n: int) -> int:
+        """How many of the ``n`` tokens this step computes (from ``num_computed_tokens`` on) are prompt tokens."""
+        return max(0, min(self.num_prompt_tokens - self.num_computed_tokens, n))
+
     @property
     def is_finished(self) -> bool:
         return self.status == SequenceStatus.FINISHED

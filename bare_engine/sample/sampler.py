@@ -2,8 +2,9 @@
 
 The maths lives in ``kernels/sampling.py`` (Triton) and ``kernels/sampling_ref.py``
 (torch, same semantics). ``backend="auto"`` uses Triton on CUDA and the torch
-reference elsewhere (on the CPU with its Philox bits from native code when a C compiler
-builds ``kernels/cpu_sampling.c``: ``kernels/sampling_cpu.py``, the same tokens): Triton's CPU
+reference elsewhere (on the CPU with its random draw in native code when a C compiler builds
+``kernels/cpu_sampling.c``, and top-k rows' thresholds from ``torch.topk``:
+``kernels/sampling_cpu.py``, the same tokens): Triton's CPU
 interpreter runs the kernels (the tests force it with ``backend="triton"``) but is far too
 slow for a generation loop.
 

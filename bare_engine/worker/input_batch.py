@@ -179,8 +179,7 @@ class InputBatch:
                     add_token(0)
             else:
                 input_ids.extend(tokens[start:start + n])
-            if start < seq.num_prompt_tokens:
-                prompt_tokens += min(seq.num_prompt_tokens - start, n)
+            prompt_tokens += seq.prompt_tokens_in_step(n)
             if start + n == len(tokens) + seq.num_pending:
                 seq.sample_index = len(sampled_seqs)
                 sampled_seqs.append(seq)

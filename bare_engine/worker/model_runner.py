@@ -139,7 +139,7 @@ class ModelRunner:
         stepped = set()
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             stats = self.served_stats[seq.served_model]
-            stats.prompt_tokens += max(0, min(seq.num_prompt_tokens - seq.num_computed_tokens, n))
+            stats.prompt_tokens += seq.prompt_tokens_in_step(n)
             stepped.add(seq.served_model)
         for seq in sampled:
             self.served_stats[seq.served_model].generated_tokens += 1
