@@ -125,6 +125,73 @@ typedef struct {
     float scale;
 } Problem;
 
+#ifdef __AVX512F__
+/* Scratch of the two-pass tiles (attend_tile_two_pass), per thread: a tile's scores (then P) and
+ * its keys' row offsets. */
+static _Thread_local char *scratch;
+static _Thread_local size_t scratch_bytes;
+
+static void *scratch_for(size_t bytes) {
+    if (bytes > scratch_bytes) {
+        free(scratch);
+        scratch_bytes = (bytes + 4095) & ~(size_t)4095;
+        scratch = aligned_alloc(64, scratch_bytes);
+        if (!scratch) scratch_bytes = 0;
+    }
+    return scratch;
+}
+
+static inline float exp_nonpositive(float x) {  /* exp_lanes' polynomial, one lane */
+    float y = x * 1.4426950408889634f;
+    y = y < -126.0f ? -126.0f : y;
+    const float n = rintf(y);
+    const float f = (y - n) * 0.6931471805599453f;
+    const float poly = 1.0f + f * (1.0f + f * (0.5f + f * (1.6666667e-1f + f * (4.1666668e-2f + f * (8.3333338e-3f +
+                       f * (1.3888889e-3f + f * 1.9841270e-4f))))));
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return x <= -87.0f ? 0.0f : poly * scale;
+}
+
+#if defined(__AVX512BF16__)
+/* One row's scores against 16 keys (rows of d bfloat16, d a multiple of 32), times scale. */
+static inline __attribute__((always_inline)) void scores16_bf16(const uint16_t *q, const uint16_t *const *krow,
+                                                                int d, float scale, float *s) {
+    __m512 dots[CHUNK];
+    for (int t = 0; t < CHUNK; t++) {
+        __m512 x = _mm512_setzero_ps();
+        for (int i = 0; i < d; i += 32)
+            x = _mm512_dpbf16_ps(x, (__m512bh)_mm512_loadu_si512(q + i), (__m512bh)_mm512_loadu_si512(krow[t] + i));
+        dots[t] = x;
+    }
+    _mm512_storeu_ps(s, _mm512_mul_ps(sum16(dots), _mm512_set1_ps(scale)));
+}
+#endif
+
+/* Softmax numerators of a row's first `visible` scores, in place, zeros up to `padded`; returns
+ * their sum. bf16: as bfloat16 pairs packed over the scores (pair j: keys 2j, 2j+1). */
+static inline __attribute__((always_inline)) float softmax_row(float *s, int visible, int padded, const int bf16) {
+    float max = NEG_BIG;
+    for (int t = 0; t < visible; t++) max = s[t] > max ? s[t] : max;
+    for (int t = 0; t < visible; t++) s[t] = exp_nonpositive(s[t] - max);
+    for (int t = visible; t < padded; t++) s[t] = 0.0f;
+    float sum = 0.0f;
+    if (!bf16) {
+        for (int t = 0; t < visible; t++) sum += s[t];
+        return sum;
+    }
+    uint32_t *pairs = (uint32_t *)s;
+    for (int j = 0; j < padded / 2; j++) {  /* pair j overwrites scores 2j, 2j+1 only after reading them */
+        const uint16_t lo = f32_to_bf16(s[2 * j]), hi = f32_to_bf16(s[2 * j + 1]);
+        sum += bf16_to_f32(lo) + bf16_to_f32(hi);
+        pairs[j] = (uint32_t)lo | (uint32_t)hi << 16;
+    }
+    return sum;
+}
+#endif
+
+
 /* Scores of every row against one chunk of keys, into s[r][0..CHUNK).
  * Few rows (decodes): a dot product per (row, key), as 16 vector partial sums reduced together.
  * Many rows: K transposed once, then four rows at a time as CHUNK-wide FMAs (four independent
@@ -282,7 +349,136 @@ static inline __attribute__((always_inline)) void attend_tile_d(const Problem *p
     }
 }
 
+#ifdef __AVX512F__
+/* attend_tile_d in two passes, for float32 or bfloat16 (bf16) q and K/V, d a multiple of 64: every
+ * score of the tile's rows first, then one softmax per row, then P.V, each row of V loaded once
+ * for all rows. No per-chunk rescaling. bfloat16 uses AVX512-BF16 dot products and rounds P to
+ * bfloat16 for P.V, as torch's flash attention does; K/V are never converted. Returns 0, writing
+ * nothing, when its scratch cannot be allocated (the caller takes the general path then). */
+static inline __attribute__((always_inline)) int attend_tile_two_pass(const Problem *p, int d, int b, int h,
+                                                                      int tile_start, int tile_end, const int bf16) {
+    const int group = p->num_heads / p->num_kv_heads, bs = p->block_size;
+    const int q0 = p->cu_q[b], q_len = p->cu_q[b + 1] - q0, ctx = p->ctx[b];
+    const int first_pos = ctx - q_len;
+    const int rows = (tile_end - tile_start) * group;
+    const int num_keys = first_pos + tile_end;
+    const int padded = (num_keys + 2 * CHUNK - 1) / (2 * CHUNK) * (2 * CHUNK);
+    const int32_t *table = p->block_tables + (int64_t)b * p->table_stride;
+    const int64_t kv_token_stride = (int64_t)p->num_kv_heads * d;
+    const int elem = bf16 ? 2 : 4;
+    char *mem = scratch_for((size_t)rows * padded * sizeof(float) + (size_t)padded * sizeof(int64_t));
+    if (!mem) return 0;
+    float *s = (float *)mem;
+    int64_t *offset = (int64_t *)(mem + (size_t)rows * padded * sizeof(float));  /* of key rows, in bytes */
+    const char *kc = p->k_cache, *vc = p->v_cache, *zero = (const char *)ZERO_ROW;
+    const void *q[MAX_ROWS];
+    float qs[bf16 ? 1 : MAX_ROWS][MAX_D];  /* float32 q rows times scale */
+    int visible[MAX_ROWS];
+    float l[MAX_ROWS];
+    for (int r = 0; r < rows; r++) {
+        const int token = tile_start + r / group, head = h * group + r % group;
+        q[r] = (const char *)p->q + ((int64_t)(q0 + token) * p->num_heads + head) * d * elem;
+        if (!bf16)
+            for (int i = 0; i < d; i++) qs[r][i] = ((const float *)q[r])[i] * p->scale;
+        visible[r] = first_pos + token + 1;
+    }
+    for (int pos = 0; pos < num_keys; pos++)
+        offset[pos] = (((int64_t)table[pos / bs] * bs + pos % bs) * kv_token_stride + (int64_t)h * d) * elem;
+
+    for (int start = 0; start < num_keys; start += CHUNK) {
+        const void *krow[CHUNK];
+        for (int t = 0; t < CHUNK; t++) {
+            const int pos = start + t;
+            krow[t] = pos < num_keys ? kc + offset[pos] : zero;
+            if (pos + 2 * CHUNK < num_keys)
+                for (int byte = 0; byte < d * elem; byte += 64) __builtin_prefetch(kc + offset[pos + 2 * CHUNK] + byte);
+        }
+        for (int r = 0; r < rows; r++) {
+            float *sr = s + (int64_t)r * padded + start;
+#if defined(__AVX512BF16__)
+            if (bf16) {
+                scores16_bf16(q[r], (const uint16_t *const *)krow, d, p->scale, sr);
+                continue;
+            }
+#endif
+            row_scores(qs[r], krow, d, sr, 0);
+        }
+    }
+    for (int r = 0; r < rows; r++) l[r] = softmax_row(s + (int64_t)r * padded, visible[r], padded, bf16);
+
+    const int step = bf16 ? 2 : 1;  /* keys per FMA: bfloat16 takes them in pairs */
+    for (int c = 0; c < d; c += 64)
+        for (int r0 = 0; r0 < rows; r0 += 4) {
+            const int nr = rows - r0 < 4 ? rows - r0 : 4;
+            __m512 acc[4][4];
+            for (int k = 0; k < 4; k++)
+                for (int x = 0; x < 4; x++) acc[k][x] = _mm512_setzero_ps();
+            for (int pos = 0; pos < num_keys; pos += step) {
+                const int ahead = pos + 2 * CHUNK;
+                if (ahead < num_keys) __builtin_prefetch(vc + offset[ahead] + c * elem);
+                if (ahead + 1 < num_keys) __builtin_prefetch(vc + offset[ahead + 1] + c * elem);
+                const char *v0 = vc + offset[pos] + c * elem;
+                __m512 u[4];
+#if defined(__AVX512BF16__)
+                if (bf16) {
+                    const char *v1 = pos + 1 < num_keys ? vc + offset[pos + 1] + c * elem : zero;
+                    const __m512i a0 = _mm512_loadu_si512(v0), a1 = _mm512_loadu_si512(v0 + 64);
+                    const __m512i b0 = _mm512_loadu_si512(v1), b1 = _mm512_loadu_si512(v1 + 64);
+                    /* (key pos, key pos + 1) pairs per column; the lane order is fixed up at the end */
+                    u[0] = (__m512)_mm512_unpacklo_epi16(a0, b0);
+                    u[1] = (__m512)_mm512_unpackhi_epi16(a0, b0);
+                    u[2] = (__m512)_mm512_unpacklo_epi16(a1, b1);
+                    u[3] = (__m512)_mm512_unpackhi_epi16(a1, b1);
+                    for (int k = 0; k < nr; k++) {
+                        const uint32_t pair = ((const uint32_t *)(s + (int64_t)(r0 + k) * padded))[pos / 2];
+                        const __m512bh w = (__m512bh)_mm512_set1_epi32((int)pair);
+                        for (int x = 0; x < 4; x++) acc[k][x] = _mm512_dpbf16_ps(acc[k][x], (__m512bh)u[x], w);
+                    }
+                    continue;
+                }
+#endif
+                for (int x = 0; x < 4; x++) u[x] = _mm512_loadu_ps((const float *)v0 + 16 * x);
+                for (int k = 0; k < nr; k++) {
+                    const __m512 w = _mm512_set1_ps(s[(int64_t)(r0 + k) * padded + pos]);
+                    for (int x = 0; x < 4; x++) acc[k][x] = _mm512_fmadd_ps(w, u[x], acc[k][x]);
+                }
+            }
+            for (int k = 0; k < nr; k++) {
+                const int r = r0 + k, token = tile_start + r / group, head = h * group + r % group;
+                const int64_t o = ((int64_t)(q0 + token) * p->num_heads + head) * d + c;
+                const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+                float lanes[4][16], col[64];
+                for (int x = 0; x < 4; x++) _mm512_storeu_ps(lanes[x], acc[k][x]);
+                if (bf16)  /* unpacklo/hi took elements 0-3 / 4-7 of each 128-bit lane (8 columns) */
+                    for (int half = 0; half < 2; half++)
+                        for (int lane = 0; lane < 4; lane++)
+                            for (int i = 0; i < 4; i++) {
+                                col[32 * half + 8 * lane + i] = lanes[2 * half][4 * lane + i];
+                                col[32 * half + 8 * lane + 4 + i] = lanes[2 * half + 1][4 * lane + i];
+                            }
+                else
+                    memcpy(col, lanes, sizeof(col));
+                for (int i = 0; i < 64; i++) store_elem(p->out, o + i, col[i] * inv, bf16);
+            }
+        }
+    return 1;
+}
+#endif
+
 static void attend_tile(const Problem *p, int b, int h, int tile_start, int tile_end) {
+#ifdef __AVX512F__
+    const int d = p->head_dim;
+    if (p->q_dtype == F32 && p->kv_dtype == F32 && d % 64 == 0 && d <= MAX_D) {
+        if (d == 64 ? attend_tile_two_pass(p, 64, b, h, tile_start, tile_end, 0)
+                    : attend_tile_two_pass(p, d, b, h, tile_start, tile_end, 0)) return;
+    }
+#if defined(__AVX512BF16__)
+    if (p->q_dtype == BF16 && p->kv_dtype == BF16 && d % 64 == 0 && d <= MAX_D) {
+        if (d == 64 ? attend_tile_two_pass(p, 64, b, h, tile_start, tile_end, 1)
+                    : attend_tile_two_pass(p, d, b, h, tile_start, tile_end, 1)) return;
+    }
+#endif
+#endif
     switch (p->head_dim) {  /* the common head dims get fully unrolled inner loops */
         case 64: attend_tile_d(p, 64, b, h, tile_start, tile_end); break;
         case 128: attend_tile_d(p, 128, b, h, tile_start, tile_end); break;
