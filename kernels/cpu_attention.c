@@ -350,140 +350,173 @@ static inline __attribute__((always_inline)) void attend_tile_d(const Problem *p
 }
 
 #ifdef __AVX512F__
-/* attend_tile_d in two passes, for float32 or bfloat16 (bf16) q and K/V, d a multiple of 64: every
- * score of the tile's rows first, then one softmax per row, then P.V, each row of V loaded once
- * for all rows. No per-chunk rescaling. bfloat16 uses AVX512-BF16 dot products and rounds P to
- * bfloat16 for P.V, as torch's flash attention does; K/V are never converted. Returns 0, writing
- * nothing, when its scratch cannot be allocated (the caller takes the general path then). */
-static inline __attribute__((always_inline)) int attend_tile_two_pass(const Problem *p, int d, int b, int h,
-                                                                      int tile_start, int tile_end, const int bf16) {
-    const int group = p->num_heads / p->num_kv_heads, bs = p->block_size;
+/* Loads the work item's K (or V) rows of keys from..to-1, all its heads (a token's heads are
+ * adjacent in the cache), a chunk ahead of their use. Plain loads, not prefetch hints: measured on
+ * a cache far larger than L3, this overlaps the misses best (prefetch hints at any distance gained
+ * nothing over the hardware's prefetcher). */
+static inline void load_ahead(const char *cache, const int64_t *offset, int from, int to, int span) {
+    __m512i sink = _mm512_setzero_si512();
+    for (int pos = from; pos < to; pos++)
+        for (int byte = 0; byte < span; byte += 64) sink = _mm512_xor_si512(sink, _mm512_loadu_si512(cache + offset[pos] + byte));
+    volatile int keep = _mm512_cvtsi512_si32(sink);
+    (void)keep;
+}
+
+/* One work item in two passes, for float32 or bfloat16 (bf16) q and K/V, d a multiple of 64:
+ * every score of the item's rows first, then one softmax per row, then P.V. No per-chunk
+ * rescaling. bfloat16 uses AVX512-BF16 dot products and rounds P to bfloat16 for P.V, as torch's
+ * flash attention does; K/V are never converted.
+ *
+ * The item is tokens tile_start..tile_end-1 of sequence b and KV heads h0..h1-1; its rows are
+ * every query head of those heads' GQA groups, row r = ((token - tile_start) * heads + head - h0)
+ * * group + g. With all heads in one item (decodes) each chunk of keys reads whole token rows of
+ * the cache, which streams from memory far better than one head's slice of each row.
+ * Returns 0, writing nothing, when its scratch cannot be allocated (the caller falls back). */
+static inline __attribute__((always_inline)) int attend_two_pass(const Problem *p, int d, int b, int h0, int h1,
+                                                                 int tile_start, int tile_end, const int bf16) {
+    const int group = p->num_heads / p->num_kv_heads, bs = p->block_size, heads = h1 - h0;
     const int q0 = p->cu_q[b], q_len = p->cu_q[b + 1] - q0, ctx = p->ctx[b];
     const int first_pos = ctx - q_len;
-    const int rows = (tile_end - tile_start) * group;
+    const int tokens = tile_end - tile_start, rows = tokens * heads * group;
     const int num_keys = first_pos + tile_end;
     const int padded = (num_keys + 2 * CHUNK - 1) / (2 * CHUNK) * (2 * CHUNK);
     const int32_t *table = p->block_tables + (int64_t)b * p->table_stride;
-    const int64_t kv_token_stride = (int64_t)p->num_kv_heads * d;
-    const int elem = bf16 ? 2 : 4;
-    char *mem = scratch_for((size_t)rows * padded * sizeof(float) + (size_t)padded * sizeof(int64_t));
+    const int elem = bf16 ? 2 : 4, head_bytes = d * elem, span = heads * head_bytes;
+    const int64_t row_bytes = (int64_t)p->num_kv_heads * head_bytes;
+    const size_t score_bytes = (size_t)rows * padded * sizeof(float), acc_bytes = (size_t)rows * d * sizeof(float);
+    char *mem = scratch_for(score_bytes + acc_bytes + (size_t)padded * sizeof(int64_t));
     if (!mem) return 0;
-    float *s = (float *)mem;
-    int64_t *offset = (int64_t *)(mem + (size_t)rows * padded * sizeof(float));  /* of key rows, in bytes */
+    float *s = (float *)mem, *acc = (float *)(mem + score_bytes);
+    int64_t *offset = (int64_t *)(mem + score_bytes + acc_bytes);  /* byte offset of key pos's first head */
     const char *kc = p->k_cache, *vc = p->v_cache, *zero = (const char *)ZERO_ROW;
     const void *q[MAX_ROWS];
     float qs[bf16 ? 1 : MAX_ROWS][MAX_D];  /* float32 q rows times scale */
     int visible[MAX_ROWS];
     float l[MAX_ROWS];
     for (int r = 0; r < rows; r++) {
-        const int token = tile_start + r / group, head = h * group + r % group;
-        q[r] = (const char *)p->q + ((int64_t)(q0 + token) * p->num_heads + head) * d * elem;
+        const int token = tile_start + r / (heads * group), head = h0 + r / group % heads;
+        q[r] = (const char *)p->q + (((int64_t)(q0 + token) * p->num_heads + head * group + r % group) * d) * elem;
         if (!bf16)
             for (int i = 0; i < d; i++) qs[r][i] = ((const float *)q[r])[i] * p->scale;
         visible[r] = first_pos + token + 1;
     }
     for (int pos = 0; pos < num_keys; pos++)
-        offset[pos] = (((int64_t)table[pos / bs] * bs + pos % bs) * kv_token_stride + (int64_t)h * d) * elem;
+        offset[pos] = ((int64_t)table[pos / bs] * bs + pos % bs) * row_bytes + (int64_t)h0 * head_bytes;
 
     for (int start = 0; start < num_keys; start += CHUNK) {
-        const void *krow[CHUNK];
-        for (int t = 0; t < CHUNK; t++) {
-            const int pos = start + t;
-            krow[t] = pos < num_keys ? kc + offset[pos] : zero;
-            if (pos + 2 * CHUNK < num_keys)
-                for (int byte = 0; byte < d * elem; byte += 64) __builtin_prefetch(kc + offset[pos + 2 * CHUNK] + byte);
-        }
-        for (int r = 0; r < rows; r++) {
-            float *sr = s + (int64_t)r * padded + start;
+        const int ahead = start + 2 * CHUNK;
+        load_ahead(kc, offset, ahead, ahead + CHUNK < num_keys ? ahead + CHUNK : num_keys, span);
+        for (int hh = 0; hh < heads; hh++) {
+            const void *krow[CHUNK];
+            for (int t = 0; t < CHUNK; t++)
+                krow[t] = start + t < num_keys ? kc + offset[start + t] + hh * head_bytes : zero;
+            for (int i = 0; i < tokens * group; i++) {  /* rows of head hh */
+                const int r = (i / group * heads + hh) * group + i % group;
+                float *sr = s + (int64_t)r * padded + start;
 #if defined(__AVX512BF16__)
-            if (bf16) {
-                scores16_bf16(q[r], (const uint16_t *const *)krow, d, p->scale, sr);
-                continue;
-            }
+                if (bf16) {
+                    scores16_bf16(q[r], (const uint16_t *const *)krow, d, p->scale, sr);
+                    continue;
+                }
 #endif
-            row_scores(qs[r], krow, d, sr, 0);
+                row_scores(qs[r], krow, d, sr, 0);
+            }
         }
     }
     for (int r = 0; r < rows; r++) l[r] = softmax_row(s + (int64_t)r * padded, visible[r], padded, bf16);
 
+    memset(acc, 0, acc_bytes);
     const int step = bf16 ? 2 : 1;  /* keys per FMA: bfloat16 takes them in pairs */
-    for (int c = 0; c < d; c += 64)
-        for (int r0 = 0; r0 < rows; r0 += 4) {
-            const int nr = rows - r0 < 4 ? rows - r0 : 4;
-            __m512 acc[4][4];
-            for (int k = 0; k < 4; k++)
-                for (int x = 0; x < 4; x++) acc[k][x] = _mm512_setzero_ps();
-            for (int pos = 0; pos < num_keys; pos += step) {
-                const int ahead = pos + 2 * CHUNK;
-                if (ahead < num_keys) __builtin_prefetch(vc + offset[ahead] + c * elem);
-                if (ahead + 1 < num_keys) __builtin_prefetch(vc + offset[ahead + 1] + c * elem);
-                const char *v0 = vc + offset[pos] + c * elem;
-                __m512 u[4];
-#if defined(__AVX512BF16__)
-                if (bf16) {
-                    const char *v1 = pos + 1 < num_keys ? vc + offset[pos + 1] + c * elem : zero;
-                    const __m512i a0 = _mm512_loadu_si512(v0), a1 = _mm512_loadu_si512(v0 + 64);
-                    const __m512i b0 = _mm512_loadu_si512(v1), b1 = _mm512_loadu_si512(v1 + 64);
-                    /* (key pos, key pos + 1) pairs per column; the lane order is fixed up at the end */
-                    u[0] = (__m512)_mm512_unpacklo_epi16(a0, b0);
-                    u[1] = (__m512)_mm512_unpackhi_epi16(a0, b0);
-                    u[2] = (__m512)_mm512_unpacklo_epi16(a1, b1);
-                    u[3] = (__m512)_mm512_unpackhi_epi16(a1, b1);
+    for (int start = 0; start < num_keys; start += 2 * CHUNK) {
+        const int end = start + 2 * CHUNK < num_keys ? start + 2 * CHUNK : num_keys;
+        load_ahead(vc, offset, end, end + 2 * CHUNK < num_keys ? end + 2 * CHUNK : num_keys, span);
+        for (int hh = 0; hh < heads; hh++)
+            for (int c = 0; c < d; c += 64)
+                for (int i0 = 0; i0 < tokens * group; i0 += 4) {  /* rows of head hh, four at a time */
+                    const int nr = tokens * group - i0 < 4 ? tokens * group - i0 : 4;
+                    int row[4];
+                    __m512 a[4][4];
                     for (int k = 0; k < nr; k++) {
-                        const uint32_t pair = ((const uint32_t *)(s + (int64_t)(r0 + k) * padded))[pos / 2];
-                        const __m512bh w = (__m512bh)_mm512_set1_epi32((int)pair);
-                        for (int x = 0; x < 4; x++) acc[k][x] = _mm512_dpbf16_ps(acc[k][x], (__m512bh)u[x], w);
+                        const int i = i0 + k;
+                        row[k] = (i / group * heads + hh) * group + i % group;
+                        for (int x = 0; x < 4; x++) a[k][x] = _mm512_loadu_ps(acc + (int64_t)row[k] * d + c + 16 * x);
                     }
-                    continue;
-                }
-#endif
-                for (int x = 0; x < 4; x++) u[x] = _mm512_loadu_ps((const float *)v0 + 16 * x);
-                for (int k = 0; k < nr; k++) {
-                    const __m512 w = _mm512_set1_ps(s[(int64_t)(r0 + k) * padded + pos]);
-                    for (int x = 0; x < 4; x++) acc[k][x] = _mm512_fmadd_ps(w, u[x], acc[k][x]);
-                }
-            }
-            for (int k = 0; k < nr; k++) {
-                const int r = r0 + k, token = tile_start + r / group, head = h * group + r % group;
-                const int64_t o = ((int64_t)(q0 + token) * p->num_heads + head) * d + c;
-                const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-                float lanes[4][16], col[64];
-                for (int x = 0; x < 4; x++) _mm512_storeu_ps(lanes[x], acc[k][x]);
-                if (bf16)  /* unpacklo/hi took elements 0-3 / 4-7 of each 128-bit lane (8 columns) */
-                    for (int half = 0; half < 2; half++)
-                        for (int lane = 0; lane < 4; lane++)
-                            for (int i = 0; i < 4; i++) {
-                                col[32 * half + 8 * lane + i] = lanes[2 * half][4 * lane + i];
-                                col[32 * half + 8 * lane + 4 + i] = lanes[2 * half + 1][4 * lane + i];
+                    for (int pos = start; pos < end; pos += step) {
+                        const char *v0 = vc + offset[pos] + hh * head_bytes + c * elem;
+                        __m512 u[4];
+#if defined(__AVX512BF16__)
+                        if (bf16) {
+                            const char *v1 = pos + 1 < num_keys ? vc + offset[pos + 1] + hh * head_bytes + c * elem : zero;
+                            const __m512i a0 = _mm512_loadu_si512(v0), a1 = _mm512_loadu_si512(v0 + 64);
+                            const __m512i b0 = _mm512_loadu_si512(v1), b1 = _mm512_loadu_si512(v1 + 64);
+                            /* (key pos, key pos + 1) pairs per column; the lane order is fixed up at the end */
+                            u[0] = (__m512)_mm512_unpacklo_epi16(a0, b0);
+                            u[1] = (__m512)_mm512_unpackhi_epi16(a0, b0);
+                            u[2] = (__m512)_mm512_unpacklo_epi16(a1, b1);
+                            u[3] = (__m512)_mm512_unpackhi_epi16(a1, b1);
+                            for (int k = 0; k < nr; k++) {
+                                const uint32_t pair = ((const uint32_t *)(s + (int64_t)row[k] * padded))[pos / 2];
+                                const __m512bh w = (__m512bh)_mm512_set1_epi32((int)pair);
+                                for (int x = 0; x < 4; x++) a[k][x] = _mm512_dpbf16_ps(a[k][x], (__m512bh)u[x], w);
                             }
-                else
-                    memcpy(col, lanes, sizeof(col));
-                for (int i = 0; i < 64; i++) store_elem(p->out, o + i, col[i] * inv, bf16);
-            }
+                            continue;
+                        }
+#endif
+                        for (int x = 0; x < 4; x++) u[x] = _mm512_loadu_ps((const float *)v0 + 16 * x);
+                        for (int k = 0; k < nr; k++) {
+                            const __m512 w = _mm512_set1_ps(s[(int64_t)row[k] * padded + pos]);
+                            for (int x = 0; x < 4; x++) a[k][x] = _mm512_fmadd_ps(w, u[x], a[k][x]);
+                        }
+                    }
+                    for (int k = 0; k < nr; k++)
+                        for (int x = 0; x < 4; x++) _mm512_storeu_ps(acc + (int64_t)row[k] * d + c + 16 * x, a[k][x]);
+                }
+    }
+
+    for (int r = 0; r < rows; r++) {
+        const int token = tile_start + r / (heads * group), head = h0 + r / group % heads;
+        const int64_t o = ((int64_t)(q0 + token) * p->num_heads + head * group + r % group) * d;
+        const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+        for (int c = 0; c < d; c += 64) {
+            const float *lanes = acc + (int64_t)r * d + c;  /* four vectors of 16 */
+            float col[64];
+            if (bf16)  /* unpacklo/hi took elements 0-3 / 4-7 of each 128-bit lane (8 columns) */
+                for (int half = 0; half < 2; half++)
+                    for (int lane = 0; lane < 4; lane++)
+                        for (int i = 0; i < 4; i++) {
+                            col[32 * half + 8 * lane + i] = lanes[16 * (2 * half) + 4 * lane + i];
+                            col[32 * half + 8 * lane + 4 + i] = lanes[16 * (2 * half + 1) + 4 * lane + i];
+                        }
+            else
+                memcpy(col, lanes, sizeof(col));
+            for (int i = 0; i < 64; i++) store_elem(p->out, o + c + i, col[i] * inv, bf16);
         }
+    }
     return 1;
 }
 #endif
 
-static void attend_tile(const Problem *p, int b, int h, int tile_start, int tile_end) {
+/* One work item: tokens tile_start..tile_end-1 of sequence b, KV heads h0..h1-1. */
+static void attend_item(const Problem *p, int b, int h0, int h1, int tile_start, int tile_end) {
 #ifdef __AVX512F__
     const int d = p->head_dim;
     if (p->q_dtype == F32 && p->kv_dtype == F32 && d % 64 == 0 && d <= MAX_D) {
-        if (d == 64 ? attend_tile_two_pass(p, 64, b, h, tile_start, tile_end, 0)
-                    : attend_tile_two_pass(p, d, b, h, tile_start, tile_end, 0)) return;
+        if (d == 64 ? attend_two_pass(p, 64, b, h0, h1, tile_start, tile_end, 0)
+                    : attend_two_pass(p, d, b, h0, h1, tile_start, tile_end, 0)) return;
     }
 #if defined(__AVX512BF16__)
     if (p->q_dtype == BF16 && p->kv_dtype == BF16 && d % 64 == 0 && d <= MAX_D) {
-        if (d == 64 ? attend_tile_two_pass(p, 64, b, h, tile_start, tile_end, 1)
-                    : attend_tile_two_pass(p, d, b, h, tile_start, tile_end, 1)) return;
+        if (d == 64 ? attend_two_pass(p, 64, b, h0, h1, tile_start, tile_end, 1)
+                    : attend_two_pass(p, d, b, h0, h1, tile_start, tile_end, 1)) return;
     }
 #endif
 #endif
-    switch (p->head_dim) {  /* the common head dims get fully unrolled inner loops */
-        case 64: attend_tile_d(p, 64, b, h, tile_start, tile_end); break;
-        case 128: attend_tile_d(p, 128, b, h, tile_start, tile_end); break;
-        default: attend_tile_d(p, p->head_dim, b, h, tile_start, tile_end);
-    }
+    for (int h = h0; h < h1; h++)
+        switch (p->head_dim) {  /* the common head dims get fully unrolled inner loops */
+            case 64: attend_tile_d(p, 64, b, h, tile_start, tile_end); break;
+            case 128: attend_tile_d(p, 128, b, h, tile_start, tile_end); break;
+            default: attend_tile_d(p, p->head_dim, b, h, tile_start, tile_end);
+        }
 }
 
 /* Limits the caller must respect (checked by the Python wrapper). */
@@ -497,8 +530,19 @@ int paged_attention(const void *q, const void *k_cache, const void *v_cache, voi
                      int block_size, float scale, int q_dtype, int kv_dtype, int num_threads) {
     Problem p = {q, k_cache, v_cache, out, block_tables, cu_q, ctx, table_stride, num_heads, num_kv_heads,
                  head_dim, block_size, q_dtype, kv_dtype, 0, scale};
-    const int group = num_heads / num_kv_heads;
-    p.tile = MAX_ROWS / group;
+    /* An item takes all KV heads of its tokens when that leaves work for every thread (decodes of a
+     * batch): it then reads whole token rows of the cache. Otherwise one KV head. */
+    int heads = 1;
+    p.tile = MAX_ROWS / (num_heads / num_kv_heads);
+    if (num_heads <= MAX_ROWS) {
+        const int tile = MAX_ROWS / num_heads;
+        int64_t items = 0;
+        for (int b = 0; b < batch; b++) items += (cu_q[b + 1] - cu_q[b] + tile - 1) / tile;
+        if (items >= 4 * (int64_t)num_threads) {
+            heads = num_kv_heads;
+            p.tile = tile;
+        }
+    }
     if (p.tile > 16) p.tile = 16;
 
     int64_t num_items = 0;
@@ -513,15 +557,16 @@ int paged_attention(const void *q, const void *k_cache, const void *v_cache, voi
             k++;
         }
 
-    const int64_t total = num_items * num_kv_heads;
+    const int head_groups = num_kv_heads / heads;
+    const int64_t total = num_items * head_groups;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
     for (int64_t w = 0; w < total; w++) {
-        const int64_t item = w / num_kv_heads;
-        const int h = (int)(w % num_kv_heads);
+        const int64_t item = w / head_groups;
+        const int h0 = (int)(w % head_groups) * heads;
         const int b = items[2 * item], t = items[2 * item + 1];
         const int q_len = cu_q[b + 1] - cu_q[b];
         const int start = t * p.tile, end = start + p.tile < q_len ? start + p.tile : q_len;
-        attend_tile(&p, b, h, start, end);
+        attend_item(&p, b, h0, h0 + heads, start, end);
     }
     free(items);
     return 0;

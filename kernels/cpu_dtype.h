@@ -13,12 +13,12 @@ static inline float bf16_to_f32(uint16_t x) {
     return f;
 }
 
-static inline uint16_t f32_to_bf16(float f) {  /* round to nearest even */
+static inline uint16_t f32_to_bf16(float f) {  /* round to nearest even; branch-free, so loops vectorise */
     uint32_t u;
     memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  /* NaN stays NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t quiet_nan = (u >> 16) | 0x40u;  /* NaN stays NaN */
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 /* Element i of a float32 (bf16 == 0) or bfloat16 array as float32; with a constant bf16 the

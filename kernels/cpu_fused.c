@@ -14,16 +14,15 @@
 static inline void norm_row(const void *x, void *residual, const void *weight, void *out, int64_t row, int dim,
                             float eps, float *buf, const int bf16) {
     const int64_t base = row * dim;
-    float squares = 0.0f;
-    for (int i = 0; i < dim; i++) {
-        float v = load_elem(x, base + i, bf16);
-        if (residual) {
-            v = round_to(v + load_elem(residual, base + i, bf16), bf16);
-            store_elem(residual, base + i, v, bf16);
+    if (residual)
+        for (int i = 0; i < dim; i++) {
+            buf[i] = round_to(load_elem(x, base + i, bf16) + load_elem(residual, base + i, bf16), bf16);
+            store_elem(residual, base + i, buf[i], bf16);
         }
-        buf[i] = v;
-        squares += v * v;
-    }
+    else
+        for (int i = 0; i < dim; i++) buf[i] = load_elem(x, base + i, bf16);
+    float squares = 0.0f;
+    for (int i = 0; i < dim; i++) squares += buf[i] * buf[i];
     const float inv = 1.0f / sqrtf(squares / (float)dim + eps);
     for (int i = 0; i < dim; i++)
         store_elem(out, base + i, load_elem(weight, i, bf16) * round_to(buf[i] * inv, bf16), bf16);

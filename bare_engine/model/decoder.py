@@ -79,13 +79,16 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         qkv = self.qkv_proj(x)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.reshape(-1, self.num_heads, self.head_dim)
-        k = k.reshape(-1, self.num_kv_heads, self.head_dim)
+        qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
         v = v.reshape(-1, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = backend.ops.rotate(q, *angles), backend.ops.rotate(k, *angles)
+            q, k = qk.split([self.q_size, self.kv_size], dim=-1)
+            q = self.q_norm(q.reshape(-1, self.num_heads, self.head_dim))
+            k = self.k_norm(k.reshape(-1, self.num_kv_heads, self.head_dim))
+            q, k = backend.ops.rotate(q, *angles), backend.ops.rotate(k, *angles)
+        else:  # q and k heads are adjacent in each row: one rotation for both
+            qk = backend.ops.rotate(qk.reshape(-1, self.num_heads + self.num_kv_heads, self.head_dim), *angles)
+            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         out = backend.forward(q, k, v, kv_cache, meta, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
 

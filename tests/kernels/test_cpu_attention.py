@@ -48,9 +48,13 @@ def test_matches_reference_and_naive(group, head_dim, block_size, dtype):
     assert_close(out, naive_attention(*args), dtype)
 
 
-def test_decode_batch_matches_reference():
-    out, args = run_case([(1, n) for n in (1, 2, 15, 16, 17, 300, 64, 5)], 3, 64, 16, torch.bfloat16)
-    assert_close(out, paged_attention_ref(*args), torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("group, head_dim", [(3, 64), (4, 128)])
+def test_decode_batch_matches_reference(group, head_dim, dtype):
+    """Enough decodes for the kernel to give each work item all KV heads of a sequence."""
+    out, args = run_case([(1, n) for n in (1, 2, 15, 16, 17, 300, 64, 5, 33, 100)], group, head_dim, 16, dtype)
+    assert_close(out, paged_attention_ref(*args), dtype)
+    assert_close(out, naive_attention(*args), dtype)
 
 
 def test_same_result_whatever_the_thread_count():
@@ -65,8 +69,10 @@ def test_same_result_whatever_the_thread_count():
     assert torch.equal(one, two)  # each row is computed by one thread in one order
 
 
-def test_rows_of_a_sequence_do_not_depend_on_its_batch():
-    out, (q, k_cache, v_cache, tables, cu, ctx, scale) = run_case(MIXED, 3, 64, 16, torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_of_a_sequence_do_not_depend_on_its_batch(dtype):
+    """Alone, a sequence's work items hold one KV head each; in the batch, all of them."""
+    out, (q, k_cache, v_cache, tables, cu, ctx, scale) = run_case(MIXED, 3, 64, 16, dtype)
     for b in (2, 4, 5):  # a prefix chunk, a decode and a chunk longer than a tile, each alone in its batch
         rows = slice(int(cu[b]), int(cu[b + 1]))
         alone_cu = torch.tensor([0, rows.stop - rows.start], dtype=torch.int32)
