@@ -5,10 +5,12 @@
  * rows cu_q[b]..cu_q[b+1], the last q_len tokens of its context of ctx[b] tokens, whose K/V are
  * already in k_cache/v_cache [num_blocks, block_size, Hkv, D]. Decode is the case q_len == 1.
  *
- * One work item is (sequence, KV head, tile of query tokens): its rows are every query head of
- * the GQA group for each token of the tile, so each K/V chunk is loaded (and converted to
- * float32) once for all of them. A chunk of CHUNK keys is transposed so that scores are CHUNK-wide
- * vector FMAs and P.V is a D-wide one: no horizontal sums. Softmax is online, in float32.
+ * One work item is (sequence, tile of query tokens, KV heads): all KV heads of the sequence when
+ * the batch leaves every thread several items (decodes), else one. Its rows are every query head
+ * of those heads' GQA groups for each token of the tile, so each K/V row is loaded once for all of
+ * them. Head dims that are multiples of 64 take attend_two_pass (scores, softmax, then P.V; bf16
+ * through AVX512-BF16 dot products); others attend_tile_d, an online softmax over chunks of CHUNK
+ * keys, transposed for many rows so scores are CHUNK-wide vector FMAs. Softmax is in float32.
  * Built by kernels/cpu_attention.py with -O3 -march=native -ffast-math -fopenmp.
  */
 #include <stdint.h>
