@@ -1,4 +1,4 @@
-"""The one-row linear on the CPU (kernels/cpu_linear.c) against F.linear, and when it applies."""
+"""The few-row linear on the CPU (kernels/cpu_linear.c) against F.linear, and when it applies."""
 
 import pytest
 import torch
@@ -12,21 +12,28 @@ pytestmark = pytest.mark.skipif(cpu_linear.max_rows() == 0, reason="no C compile
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n, k", [(96, 64), (50, 576), (7, 40)])  # 40: no 32-wide bf16 blocks, the plain loop
 @pytest.mark.parametrize("bias", [False, True])
-def test_matches_f_linear(dtype, n, k, bias):
+@pytest.mark.parametrize("rows", [1, 2, 4])
+def test_matches_f_linear(dtype, n, k, bias, rows):
+    if rows > cpu_linear.row_limit(dtype):
+        pytest.skip(f"{dtype} takes at most {cpu_linear.row_limit(dtype)} rows")
     gen = torch.Generator().manual_seed(n + k)
-    x, w = torch.randn(1, k, generator=gen).to(dtype), torch.randn(n, k, generator=gen).to(dtype)
+    x, w = torch.randn(rows, k, generator=gen).to(dtype), torch.randn(n, k, generator=gen).to(dtype)
     b = torch.randn(n, generator=gen).to(dtype) if bias else None
     assert cpu_linear.usable(x, w)
     got = cpu_linear.linear(x, w, b)
     expected = F.linear(x.double(), w.double(), None if b is None else b.double())  # exact products, then round
-    assert got.dtype == dtype and got.shape == (1, n)
+    assert got.dtype == dtype and got.shape == (rows, n)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance * k ** 0.5)
 
 
-def test_applies_to_one_packed_row_only():
+def test_applies_to_few_packed_rows_only():
     w = torch.randn(8, 16)
-    assert not cpu_linear.usable(torch.randn(2, 16), w)  # more rows: oneDNN's packed GEMM
+    assert cpu_linear.row_limit(torch.float32) == 2 and cpu_linear.row_limit(torch.bfloat16) == 4
+    assert cpu_linear.usable(torch.randn(2, 16), w)
+    assert not cpu_linear.usable(torch.randn(3, 16), w)  # more rows: oneDNN's packed GEMM is as fast
+    assert cpu_linear.usable(torch.randn(4, 16).bfloat16(), w.bfloat16())
+    assert not cpu_linear.usable(torch.randn(5, 16).bfloat16(), w.bfloat16())
     assert not cpu_linear.usable(torch.randn(1, 16).half(), w.half())
     assert not cpu_linear.usable(torch.randn(16, 2).t()[:1], w)  # not contiguous
     assert not cpu_linear.usable(torch.randn(1, 16), w.bfloat16())  # mixed dtypes

@@ -10,7 +10,7 @@
 
 With one rank (``SINGLE_RANK``) every layer reads the whole tensor and computes what a plain
 ``F.linear`` / ``F.embedding`` does (on the CPU through oneDNN's prepacked weights, see ``pack_weight``,
-and one-row steps through ``kernels/cpu_linear.c``). Each layer answers ``placement(leaf, shard)``: which part
+and steps of a few rows through ``kernels/cpu_linear.c``). Each layer answers ``placement(leaf, shard)``: which part
 of a checkpoint tensor this rank reads and where in its parameter it goes, so the loader reads
 only its slices (``safe_open(...).get_slice``).
 """
@@ -62,7 +62,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
            packed: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, through ``packed`` (``pack_weight(weight)``) for a 2-D ``x`` when given."""
     if packed is not None and x.dim() == 2:
-        if cpu_linear.usable(x, weight):  # one row: a pass over the weights, faster without oneDNN's packing
+        if cpu_linear.usable(x, weight):  # a few rows: a pass over the weights, faster without oneDNN's packing
             return cpu_linear.linear(x, weight, bias)
         # the overload itself: the packet's lookup costs 6 us a call
         return torch.ops.mkldnn._linear_pointwise.default(x, packed, bias, "none", [], "")
