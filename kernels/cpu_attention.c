@@ -30,21 +30,24 @@
 #define NEG_BIG (-1e30f)
 #define TRANSPOSE_MIN_ROWS 12
 
-/* exp of CHUNK + 1 lanes (all <= 0) in a form the compiler vectorises: 2^x = 2^n * 2^f with
- * |f| <= 1/2 and a degree-7 Taylor polynomial for 2^f (relative error below 2e-8 on that range). */
+/* exp(x) for x <= 0 in a form the compiler vectorises: 2^x = 2^n * 2^f with |f| <= 1/2 and a
+ * degree-7 Taylor polynomial for 2^f (relative error below 2e-8 on that range). */
+static inline float exp_nonpositive(float x) {
+    float y = x * 1.4426950408889634f;
+    y = y < -126.0f ? -126.0f : y;
+    const float n = rintf(y);
+    const float f = (y - n) * 0.6931471805599453f;
+    const float poly = 1.0f + f * (1.0f + f * (0.5f + f * (1.6666667e-1f + f * (4.1666668e-2f + f * (8.3333338e-3f +
+                       f * (1.3888889e-3f + f * 1.9841270e-4f))))));
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return x <= -87.0f ? 0.0f : poly * scale;
+}
+
+/* exp of CHUNK + 1 lanes (all <= 0). */
 static inline void exp_lanes(float *x) {
-    for (int t = 0; t < CHUNK + 1; t++) {
-        float y = x[t] * 1.4426950408889634f;
-        y = y < -126.0f ? -126.0f : y;
-        const float n = rintf(y);
-        const float f = (y - n) * 0.6931471805599453f;
-        float p = 1.0f + f * (1.0f + f * (0.5f + f * (1.6666667e-1f + f * (4.1666668e-2f + f * (8.3333338e-3f +
-                  f * (1.3888889e-3f + f * 1.9841270e-4f))))));
-        const int32_t bits = ((int32_t)n + 127) << 23;
-        float scale;
-        memcpy(&scale, &bits, 4);
-        x[t] = x[t] <= -87.0f ? 0.0f : p * scale;
-    }
+    for (int t = 0; t < CHUNK + 1; t++) x[t] = exp_nonpositive(x[t]);
 }
 
 static inline void load_row(const void *base, int dtype, int64_t offset, int d, float *dst) {
@@ -128,8 +131,8 @@ typedef struct {
 } Problem;
 
 #ifdef __AVX512F__
-/* Scratch of the two-pass tiles (attend_tile_two_pass), per thread: a tile's scores (then P) and
- * its keys' row offsets. */
+/* Scratch of attend_two_pass, per thread: a work item's scores (then P), its accumulators and its
+ * keys' row offsets. */
 static _Thread_local char *scratch;
 static _Thread_local size_t scratch_bytes;
 
@@ -141,19 +144,6 @@ static void *scratch_for(size_t bytes) {
         if (!scratch) scratch_bytes = 0;
     }
     return scratch;
-}
-
-static inline float exp_nonpositive(float x) {  /* exp_lanes' polynomial, one lane */
-    float y = x * 1.4426950408889634f;
-    y = y < -126.0f ? -126.0f : y;
-    const float n = rintf(y);
-    const float f = (y - n) * 0.6931471805599453f;
-    const float poly = 1.0f + f * (1.0f + f * (0.5f + f * (1.6666667e-1f + f * (4.1666668e-2f + f * (8.3333338e-3f +
-                       f * (1.3888889e-3f + f * 1.9841270e-4f))))));
-    const int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, 4);
-    return x <= -87.0f ? 0.0f : poly * scale;
 }
 
 #if defined(__AVX512BF16__)
@@ -192,7 +182,6 @@ static inline __attribute__((always_inline)) float softmax_row(float *s, int vis
     return sum;
 }
 #endif
-
 
 /* Scores of every row against one chunk of keys, into s[r][0..CHUNK).
  * Few rows (decodes): a dot product per (row, key), as 16 vector partial sums reduced together.
@@ -364,6 +353,11 @@ static inline void load_ahead(const char *cache, const int64_t *offset, int from
     (void)keep;
 }
 
+/* Row of a work item (see attend_two_pass) for the i-th row of KV head hh's rows. */
+static inline int item_row(int i, int hh, int heads, int group) {
+    return (i / group * heads + hh) * group + i % group;
+}
+
 /* One work item in two passes, for float32 or bfloat16 (bf16) q and K/V, d a multiple of 64:
  * every score of the item's rows first, then one softmax per row, then P.V. No per-chunk
  * rescaling. bfloat16 uses AVX512-BF16 dot products and rounds P to bfloat16 for P.V, as torch's
@@ -413,7 +407,7 @@ static inline __attribute__((always_inline)) int attend_two_pass(const Problem *
             for (int t = 0; t < CHUNK; t++)
                 krow[t] = start + t < num_keys ? kc + offset[start + t] + hh * head_bytes : zero;
             for (int i = 0; i < tokens * group; i++) {  /* rows of head hh */
-                const int r = (i / group * heads + hh) * group + i % group;
+                const int r = item_row(i, hh, heads, group);
                 float *sr = s + (int64_t)r * padded + start;
 #if defined(__AVX512BF16__)
                 if (bf16) {
@@ -439,8 +433,7 @@ static inline __attribute__((always_inline)) int attend_two_pass(const Problem *
                     int row[4];
                     __m512 a[4][4];
                     for (int k = 0; k < nr; k++) {
-                        const int i = i0 + k;
-                        row[k] = (i / group * heads + hh) * group + i % group;
+                        row[k] = item_row(i0 + k, hh, heads, group);
                         for (int x = 0; x < 4; x++) a[k][x] = _mm512_loadu_ps(acc + (int64_t)row[k] * d + c + 16 * x);
                     }
                     for (int pos = start; pos < end; pos += step) {

@@ -49,8 +49,8 @@ void small_linear(const void *x, const void *w, const void *bias, void *y, int r
         float acc[MAX_ROWS];
         if (dtype == BF16) row_dots(x, w, j, rows, k, acc, 1);
         else row_dots(x, w, j, rows, k, acc, 0);
+        const float b = bias ? load_elem(bias, j, dtype == BF16) : 0.0f;
         for (int m = 0; m < rows; m++) {
-            const float b = bias ? load_elem(bias, j, dtype == BF16) : 0.0f;
             if (dtype == BF16) store_elem(y, (int64_t)m * n + j, acc[m] + b, 1);
             else store_elem(y, (int64_t)m * n + j, acc[m] + b, 0);
         }
