@@ -22,6 +22,7 @@ from bare_engine.model.layers.linear import (
     even_piece,
     head_piece,
     linear,
+    PackedWeight,
     pack_weight,
     padded_piece,
 )
@@ -151,7 +152,7 @@ class CausalLM(nn.Module):
         self.model.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         if not config.tie_word_embeddings:
             self.lm_head = ColumnParallelLinear(config.hidden_size, [padded_piece(config.vocab_size, group)])
-        self.lm_head_packed: torch.Tensor | None = None
+        self.lm_head_packed: PackedWeight | None = None
 
     def pack_weights(self) -> None:
         """Prepack every linear's loaded weight (and the LM head's) for the CPU; see ``layers.linear.pack_weight``."""

@@ -9,8 +9,8 @@
   their logits are cut off after the gather).
 
 With one rank (``SINGLE_RANK``) every layer reads the whole tensor and computes what a plain
-``F.linear`` / ``F.embedding`` does (on the CPU through oneDNN's prepacked weights, see ``pack_weight``,
-and steps of a few rows through ``kernels/cpu_linear.c``). Each layer answers ``placement(leaf, shard)``: which part
+``F.linear`` / ``F.embedding`` does (on the CPU from prepacked weights, see ``pack_weight``: the
+rows of a decode step through ``kernels/cpu_linear.c``, more through oneDNN). Each layer answers ``placement(leaf, shard)``: which part
 of a checkpoint tensor this rank reads and where in its parameter it goes, so the loader reads
 only its slices (``safe_open(...).get_slice``).
 """
@@ -42,30 +42,42 @@ class SingleRank:
 SINGLE_RANK = SingleRank()
 
 
-def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
-    """oneDNN's prepacked layout of a CPU weight for ``linear(..., packed=)``; None off the CPU or without oneDNN.
+@dataclass(frozen=True)
+class PackedWeight:
+    """A CPU weight in the layouts ``linear`` reads: ``cpu_linear``'s panels for the rows of a decode
+    step, oneDNN's prepacked layout past them (either may be None: the kernel did not build, no oneDNN)."""
 
-    On the CPU a linear over the few rows of a decode step runs 2-4x faster from the prepacked
-    layout than through sgemm (2 cores, SmolLM2's 3072x576 qkv at 18 rows: float32 546 -> 143 us,
-    bfloat16 121 -> 83 us), and bfloat16 runs on the CPU's BF16 instructions."""
+    panels: cpu_linear.PanelWeight | None
+    onednn: torch.Tensor | None
+
+
+def pack_weight(weight: torch.Tensor) -> PackedWeight | None:
+    """``weight`` packed for ``linear(..., packed=)``; None off the CPU, or where neither layout takes it.
+
+    On the CPU a linear over the rows of a decode step runs 1.2-1.7x faster from ``cpu_linear``'s
+    panels than from oneDNN's prepacked layout (see ``kernels/cpu_linear.py``), which is itself 2-4x
+    faster than sgemm; past ``cpu_linear.ROW_LIMIT`` rows (prefill) oneDNN's is as fast or faster,
+    and bfloat16 runs on the CPU's BF16 instructions in both."""
     if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
         return None
-    if not torch.backends.mkldnn.is_available():
-        return None
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_BATCH_HINT)
+    onednn = None
+    if torch.backends.mkldnn.is_available():
+        onednn = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_BATCH_HINT)
+    panels = cpu_linear.pack(weight)
+    return None if panels is None and onednn is None else PackedWeight(panels, onednn)
 
 
 PACK_BATCH_HINT = 64  # rows oneDNN tunes the packed layout for; any number of rows works
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           packed: torch.Tensor | None = None) -> torch.Tensor:
+           packed: PackedWeight | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, through ``packed`` (``pack_weight(weight)``) for a 2-D ``x`` when given."""
     if packed is not None and x.dim() == 2:
-        if cpu_linear.usable(x, weight):  # a few rows: a pass over the weights, faster without oneDNN's packing
-            return cpu_linear.linear(x, weight, bias)
-        # the overload itself: the packet's lookup costs 6 us a call
-        return torch.ops.mkldnn._linear_pointwise.default(x, packed, bias, "none", [], "")
+        if packed.panels is not None and cpu_linear.usable(x, packed.panels):
+            return cpu_linear.linear(x, packed.panels, bias)
+        if packed.onednn is not None:  # the overload itself: the packet's lookup costs 6 us a call
+            return torch.ops.mkldnn._linear_pointwise.default(x, packed.onednn, bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 
@@ -137,7 +149,7 @@ class ColumnParallelLinear(nn.Module):
         padded = any(p.rows > p.length for p in pieces)
         self.weight = nn.Parameter(torch.zeros(out, in_features), requires_grad=False) if padded else empty_parameter(out, in_features)
         self.bias = empty_parameter(out) if bias else None
-        self.packed: torch.Tensor | None = None
+        self.packed: PackedWeight | None = None
 
     def pack(self) -> None:
         """Prepack the loaded weight for the CPU (see ``pack_weight``)."""
@@ -168,7 +180,7 @@ class RowParallelLinear(nn.Module):
         self.group = group
         self.weight = empty_parameter(out_features, in_piece.rows)
         self.bias = empty_parameter(out_features) if bias else None
-        self.packed: torch.Tensor | None = None
+        self.packed: PackedWeight | None = None
 
     def pack(self) -> None:
         """Prepack the loaded weight for the CPU (see ``pack_weight``)."""
