@@ -49,6 +49,7 @@ llm = LLM(spec["model"], dtype=spec["dtype"], device="cpu", max_model_len=spec["
           max_num_seqs=spec["max_num_seqs"], generation_config="vllm")
 prompt = lambda ids: {"prompt_token_ids": ids}
 version = bare_engine.__version__
+kernels = {"attention_backend": llm.engine.backend.name}  # "torch": the native kernels did not build
 """
 
 VLLM_SETUP = r"""
@@ -62,6 +63,7 @@ llm = LLM(spec["model"], dtype=spec["dtype"], max_model_len=spec["max_model_len"
           seed=0, generation_config="vllm")
 prompt = lambda ids: TokensPrompt(prompt_token_ids=ids)
 version = vllm.__version__
+kernels = {}
 """
 
 TIMED_BODY = r"""
@@ -76,7 +78,7 @@ start = time.perf_counter()
 outs = llm.generate(prompts, all_params, use_tqdm=False)
 seconds = time.perf_counter() - start
 print("RESULT " + json.dumps({"seconds": seconds, "tokens": [list(o.outputs[0].token_ids) for o in outs],
-                              "version": version, "torch": torch.__version__}))
+                              "version": version, "torch": torch.__version__, **kernels}))
 """
 BARE_DRIVER = BARE_SETUP + TIMED_BODY
 VLLM_DRIVER = VLLM_SETUP + TIMED_BODY
@@ -126,8 +128,10 @@ def measure(args, dtype: str, vllm_python: str | None) -> dict:
             out = run_system(python, driver, spec, env, args.timeout)
             total = sum(len(t) for t in out["tokens"])
             rounds[name].append(total / out["seconds"])
-            tokens[name], versions[name] = out["tokens"], {"version": out["version"], "torch": out["torch"]}
-            print(f"{dtype} round {r + 1} {name}: {rounds[name][-1]:.1f} output tok/s", flush=True)
+            tokens[name] = out["tokens"]
+            versions[name] = {k: v for k, v in out.items() if k not in ("seconds", "tokens")}
+            backend = f" (attention backend {out['attention_backend']})" if "attention_backend" in out else ""
+            print(f"{dtype} round {r + 1} {name}: {rounds[name][-1]:.1f} output tok/s{backend}", flush=True)
     result = {"dtype": dtype, "output_tok_s": rounds, "median_tok_s": {k: statistics.median(v) for k, v in rounds.items()},
               "versions": versions, "output_tokens": sum(max_tokens)}
     if "vllm" in rounds:
