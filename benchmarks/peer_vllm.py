@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+import plotting  # benchmarks/plotting.py, beside this script
+
 # Each system's driver: its set-up (an ``llm``, its ``SamplingParams``, ``prompt(ids)`` and ``version``)
 # followed by the shared timed body.
 BARE_SETUP = r"""
@@ -267,17 +269,13 @@ def bare_job(args, vllm_python: str | None) -> dict:
 
 def plot(report: dict, path: Path) -> None:
     """Bars of both systems' tokens/s per dtype (each round a dot), when matplotlib is installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    made = plotting.axes()
+    if made is None:
         return
     results = [r for r in report["results"] if "output_tok_s" in r]
     if not results:
         return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = made
     for i, r in enumerate(results):
         for j, (name, rounds) in enumerate(sorted(r["output_tok_s"].items())):
             x = i + (j - 0.5) * 0.35
@@ -292,7 +290,6 @@ def plot(report: dict, path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main() -> None:

@@ -5,10 +5,11 @@ from a weight packed once by ``pack`` into panels of 16 outputs (see ``cpu_linea
 use oneDNN's packed GEMM past the limit, or where ``pack`` returns None (no AVX-512, no
 AVX512-BF16 for bfloat16, an odd bfloat16 row length, no C compiler).
 
-Against oneDNN's prepacked GEMM (SmolLM2's decoder weights, 30 layers, streamed from memory, 2
-threads; oneDNN's time over ours): bfloat16 1.7x at 1 row, 1.45x at 8, 1.2x at 16-64, 1.08x at
-128; float32 1.6x at 1 row, 1.45x at 8-12, 1.2x at 16-64, 1.06x at 128. Past 128 rows (prefill),
-oneDNN's blocking over the rows catches up.
+Against oneDNN's prepacked GEMM (``benchmarks/cpu_linear.py``: SmolLM2's decoder weights, 30
+layers, streamed from memory, 2 threads; oneDNN's time over ours): bfloat16 1.5-1.6x at 1-2 rows,
+1.3x at 4-12, 1.2x at 16-32, 1.05-1.1x at 64-128; float32 1.6-1.7x at 1-2 rows, 1.35-1.45x at
+4-12, 1.25x at 16-32, 1.1x at 64-128. Past 128 rows (prefill) the two are within a few percent,
+and oneDNN's layout takes them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from . import native
 
 DTYPES = native.DTYPES
-ROW_LIMIT = 128  # the most rows where the kernel beats oneDNN (above)
+ROW_LIMIT = 128  # the most rows where the kernel clearly beats oneDNN (above)
 
 
 @functools.cache

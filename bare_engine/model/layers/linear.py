@@ -56,8 +56,8 @@ def pack_weight(weight: torch.Tensor) -> PackedWeight | None:
 
     On the CPU a linear over the rows of a decode step runs 1.2-1.7x faster from ``cpu_linear``'s
     panels than from oneDNN's prepacked layout (see ``kernels/cpu_linear.py``), which is itself 2-4x
-    faster than sgemm; past ``cpu_linear.ROW_LIMIT`` rows (prefill) oneDNN's is as fast or faster,
-    and bfloat16 runs on the CPU's BF16 instructions in both."""
+    faster than sgemm; past ``cpu_linear.ROW_LIMIT`` rows (prefill) the two are within a few
+    percent. bfloat16 runs on the CPU's BF16 instructions in both."""
     if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
         return None
     onednn = None
