@@ -43,16 +43,17 @@ def _cpu_identity() -> str:
     return platform.machine() + flags
 
 
-def _compiler() -> str | None:
+def compiler() -> str | None:
+    """The C compiler the kernels build with: $CC, else cc or gcc on PATH; None when there is none."""
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
 def build(source: Path) -> Path:
     """The shared library of ``source``, compiled unless the cache holds it; OSError when it cannot be."""
-    compiler = _compiler()
-    if compiler is None:
+    cc = compiler()
+    if cc is None:
         raise OSError("no C compiler (cc, gcc or $CC) on PATH")
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     headers = [h.read_text() for h in sorted(source.parent.glob("*.h"))]  # what the source may include
     key = hashlib.sha256("\0".join([source.read_text(), *headers, " ".join(COMPILE_FLAGS + LINK_FLAGS), version,
                                     _cpu_identity()]).encode()).hexdigest()[:16]
@@ -62,8 +63,8 @@ def build(source: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         obj, lib = Path(tmp) / f"{source.stem}.o", Path(tmp) / f"{source.stem}.so"
-        for cmd in ([compiler, *COMPILE_FLAGS, "-c", str(source), "-o", str(obj)],
-                    [compiler, str(obj), *LINK_FLAGS, "-o", str(lib)]):
+        for cmd in ([cc, *COMPILE_FLAGS, "-c", str(source), "-o", str(obj)],
+                    [cc, str(obj), *LINK_FLAGS, "-o", str(lib)]):
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
             if proc.returncode != 0:
                 raise OSError(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-1000:]}")
