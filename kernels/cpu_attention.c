@@ -82,9 +82,7 @@ static inline __m512 sum16(const __m512 *v) {
 
 /* 16 elements of a float32 (bf16 == 0) or bfloat16 row from element i, as float32. */
 static inline __m512 load16(const void *row, int i, const int bf16) {
-    if (bf16)
-        return _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + i))), 16));
+    if (bf16) return widen_bf16(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + i)));
     return _mm512_loadu_ps((const float *)row + i);
 }
 

@@ -36,4 +36,13 @@ static inline void store_elem(void *p, int64_t i, float v, const int bf16) {
 static inline float round_to(float v, const int bf16) {
     return bf16 ? bf16_to_f32(f32_to_bf16(v)) : v;
 }
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+/* 16 bfloat16 values as float32 (exact: the bits move to the high half). */
+static inline __m512 widen_bf16(__m256i raw) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+#endif
 #endif

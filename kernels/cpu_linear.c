@@ -63,12 +63,11 @@ static inline __attribute__((always_inline)) __m512 load_bias(const void *bias, 
                                                               const int bf16) {
     if (!bias) return _mm512_setzero_ps();
     if (!bf16) return _mm512_maskz_loadu_ps(mask, (const float *)bias + j);
-    const __m256i raw = _mm256_maskz_loadu_epi16(mask, (const uint16_t *)bias + j);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+    return widen_bf16(_mm256_maskz_loadu_epi16(mask, (const uint16_t *)bias + j));
 }
 
-static inline __attribute__((always_inline)) void store_tile(Tile acc, const int rows, void *y, int64_t ldy, int64_t j0,
-                                                             int n, const void *bias, const int bf16) {
+static inline __attribute__((always_inline)) void store_tile(Tile acc, const int rows, void *y, int64_t j0, int n,
+                                                             const void *bias, const int bf16) {
     for (int p = 0; p < PANELS; p++) {
         const int64_t j = j0 + p * LANES;
         if (j >= n) break;
@@ -78,11 +77,11 @@ static inline __attribute__((always_inline)) void store_tile(Tile acc, const int
             const __m512 v = _mm512_add_ps(acc[m][p], b);
 #if defined(__AVX512BF16__)
             if (bf16) {
-                _mm256_mask_storeu_epi16((uint16_t *)y + m * ldy + j, mask, (__m256i)_mm512_cvtneps_pbh(v));
+                _mm256_mask_storeu_epi16((uint16_t *)y + (int64_t)m * n + j, mask, (__m256i)_mm512_cvtneps_pbh(v));
                 continue;
             }
 #endif
-            _mm512_mask_storeu_ps((float *)y + m * ldy + j, mask, v);
+            _mm512_mask_storeu_ps((float *)y + (int64_t)m * n + j, mask, v);
         }
     }
 }
@@ -108,7 +107,7 @@ static inline __attribute__((always_inline)) void tile(const void *x, int k, con
                 for (int p = 0; p < PANELS; p++) acc[m][p] = _mm512_dpbf16_ps(acc[m][p], xb, w[p]);
             }
         }
-        store_tile(acc, rows, y, n, j0, n, bias, 1);
+        store_tile(acc, rows, y, j0, n, bias, 1);
         return;
     }
 #endif
@@ -121,7 +120,7 @@ static inline __attribute__((always_inline)) void tile(const void *x, int k, con
             for (int p = 0; p < PANELS; p++) acc[m][p] = _mm512_fmadd_ps(xb, w[p], acc[m][p]);
         }
     }
-    store_tile(acc, rows, y, n, j0, n, bias, 0);
+    store_tile(acc, rows, y, j0, n, bias, 0);
 }
 
 #define TILE_CASE(R) case R: tile(xr, k, panels, R, yr, n, j0, bias, bf16); break;
