@@ -40,17 +40,21 @@ int panel_linear_supported(int dtype) {
 }
 
 void pack_weight(const void *w, void *packed, int n, int k, int dtype) {
+    /* Written in order; read as 16 sequential streams, one per output row of the panel. */
     const int bf16 = dtype == BF16;
-    const int64_t outputs = padded_outputs(n);
-    for (int64_t j = 0; j < outputs; j++) {
-        const int64_t panel = j / LANES, lane = j % LANES;
-        for (int64_t i = 0; i < k; i++) {
-            const int64_t src = j * k + i;
-            if (bf16) {
-                const int64_t dst = ((panel * (k / 2) + i / 2) * LANES + lane) * 2 + (i & 1);
-                ((uint16_t *)packed)[dst] = j < n ? ((const uint16_t *)w)[src] : 0;
-            } else {
-                ((float *)packed)[(panel * k + i) * LANES + lane] = j < n ? ((const float *)w)[src] : 0.0f;
+    const int64_t panels = padded_outputs(n) / LANES;
+    int64_t dst = 0;
+    for (int64_t panel = 0; panel < panels; panel++) {
+        for (int64_t i = 0; i < k; i += 1 + bf16) {
+            for (int64_t lane = 0; lane < LANES; lane++) {
+                const int64_t j = panel * LANES + lane;
+                if (bf16) {
+                    const uint16_t *row = (const uint16_t *)w + j * k + i;
+                    ((uint16_t *)packed)[dst++] = j < n ? row[0] : 0;
+                    ((uint16_t *)packed)[dst++] = j < n ? row[1] : 0;
+                } else {
+                    ((float *)packed)[dst++] = j < n ? ((const float *)w)[j * k + i] : 0.0f;
+                }
             }
         }
     }

@@ -51,7 +51,7 @@ def load_models(models: ModelArg | dict[str, ModelArg], config: EngineConfig) ->
     sources = {name: resolve_model_source(spec) for name, spec in models.items()}
     configs = {name: load_model_config(s.weights_dir) for name, s in sources.items()}
     max_model_len = {name: _max_model_len(config, c) for name, c in configs.items()}
-    tokenizers = {name: load_tokenizer(s.tokenizer_dir) for name, s in sources.items()}
+    tokenizers = _load_tokenizers(sources)
     backend = select_backend(config.attention_backend, device)
     step_model = _step_models(sources, config)
     own = {name: spec for name, spec in models.items() if step_model[name] == name}
@@ -73,6 +73,16 @@ def load_models(models: ModelArg | dict[str, ModelArg], config: EngineConfig) ->
         raise
     return LoadedModels(device, dtype, backend, sources, configs, max_model_len, tokenizers, runners, eos_ids, tp, free,
                         step_model)
+
+
+def _load_tokenizers(sources: dict[str, ModelSource]) -> dict:
+    """Each name's tokenizer, loaded once per folder (base and instruct often share one)."""
+    by_folder: dict[Path, object] = {}
+    for source in sources.values():
+        folder = source.tokenizer_dir.resolve()
+        if folder not in by_folder:
+            by_folder[folder] = load_tokenizer(source.tokenizer_dir)
+    return {name: by_folder[s.tokenizer_dir.resolve()] for name, s in sources.items()}
 
 
 def _step_models(sources: dict[str, ModelSource], config: EngineConfig) -> dict[str, str]:
