@@ -8,7 +8,8 @@
  * One work item is (sequence, tile of query tokens, KV heads): all KV heads of the sequence when
  * the batch leaves every thread several items (decodes), else one. Its rows are every query head
  * of those heads' GQA groups for each token of the tile, so each K/V row is loaded once for all of
- * them. Head dims that are multiples of 64 take attend_two_pass (scores, softmax, then P.V; bf16
+ * them. Decodes whose block tables start with the same blocks (a shared prompt, through the prefix
+ * cache) go a few sequences to an item, which reads those blocks once for all of its rows. Head dims that are multiples of 64 take attend_two_pass (scores, softmax, then P.V; bf16
  * through AVX512-BF16 dot products); others attend_tile_d, an online softmax over chunks of CHUNK
  * keys, transposed for many rows so scores are CHUNK-wide vector FMAs. Softmax is in float32.
  * Built by kernels/cpu_attention.py with -O3 -march=native -ffast-math -fopenmp.
@@ -356,55 +357,40 @@ static inline int item_row(int i, int hh, int heads, int group) {
     return (i / group * heads + hh) * group + i % group;
 }
 
-/* One work item in two passes, for float32 or bfloat16 (bf16) q and K/V, d a multiple of 64:
- * every score of the item's rows first, then one softmax per row, then P.V. No per-chunk
- * rescaling. bfloat16 uses AVX512-BF16 dot products and rounds P to bfloat16 for P.V, as torch's
- * flash attention does; K/V are never converted.
- *
- * The item is tokens tile_start..tile_end-1 of sequence b and KV heads h0..h1-1; its rows are
- * every query head of those heads' GQA groups, row r = ((token - tile_start) * heads + head - h0)
- * * group + g. With all heads in one item (decodes) each chunk of keys reads whole token rows of
- * the cache, which streams from memory far better than one head's slice of each row.
- * Returns 0, writing nothing, when its scratch cannot be allocated (the caller falls back). */
-static inline __attribute__((always_inline)) int attend_two_pass(const Problem *p, int d, int b, int h0, int h1,
-                                                                 int tile_start, int tile_end, const int bf16) {
-    const int group = p->num_heads / p->num_kv_heads, bs = p->block_size, heads = h1 - h0;
-    const int q0 = p->cu_q[b], q_len = p->cu_q[b + 1] - q0, ctx = p->ctx[b];
-    const int first_pos = ctx - q_len;
-    const int tokens = tile_end - tile_start, rows = tokens * heads * group;
-    const int num_keys = first_pos + tile_end;
-    const int padded = (num_keys + 2 * CHUNK - 1) / (2 * CHUNK) * (2 * CHUNK);
-    const int32_t *table = p->block_tables + (int64_t)b * p->table_stride;
-    const int elem = bf16 ? 2 : 4, head_bytes = d * elem, span = heads * head_bytes;
-    const int64_t row_bytes = (int64_t)p->num_kv_heads * head_bytes;
-    const size_t score_bytes = (size_t)rows * padded * sizeof(float), acc_bytes = (size_t)rows * d * sizeof(float);
-    char *mem = scratch_for(score_bytes + acc_bytes + (size_t)padded * sizeof(int64_t));
-    if (!mem) return 0;
-    float *s = (float *)mem, *acc = (float *)(mem + score_bytes);
-    int64_t *offset = (int64_t *)(mem + score_bytes + acc_bytes);  /* byte offset of key pos's first head */
-    const char *kc = p->k_cache, *vc = p->v_cache, *zero = (const char *)ZERO_ROW;
-    const void *q[MAX_ROWS];
-    float qs[bf16 ? 1 : MAX_ROWS][MAX_D];  /* float32 q rows times scale */
-    int visible[MAX_ROWS];
-    float l[MAX_ROWS];
-    for (int r = 0; r < rows; r++) {
-        const int token = tile_start + r / (heads * group), head = h0 + r / group % heads;
-        q[r] = (const char *)p->q + (((int64_t)(q0 + token) * p->num_heads + head * group + r % group) * d) * elem;
-        if (!bf16)
-            for (int i = 0; i < d; i++) qs[r][i] = ((const float *)q[r])[i] * p->scale;
-        visible[r] = first_pos + token + 1;
-    }
-    for (int pos = 0; pos < num_keys; pos++)
-        offset[pos] = ((int64_t)table[pos / bs] * bs + pos % bs) * row_bytes + (int64_t)h0 * head_bytes;
+/* A query token of a work item: token `token` of sequence b's query chunk. */
+typedef struct {
+    int b, token;
+} Member;
 
-    for (int start = 0; start < num_keys; start += CHUNK) {
+/* Keys a member's token sees: its context up to and including itself. */
+static inline int member_keys(const Problem *p, Member m) {
+    return p->ctx[m.b] - (p->cu_q[m.b + 1] - p->cu_q[m.b]) + m.token + 1;
+}
+
+/* Byte offsets of keys from..to-1 (a token's first head h0) through sequence b's block table. */
+static inline void key_offsets(const Problem *p, int b, int from, int to, int h0, int64_t *offset) {
+    const int32_t *table = p->block_tables + (int64_t)b * p->table_stride;
+    const int bs = p->block_size, elem = p->kv_dtype == BF16 ? 2 : 4;
+    const int64_t row_bytes = (int64_t)p->num_kv_heads * p->head_dim * elem;
+    for (int pos = from; pos < to; pos++)
+        offset[pos - from] = ((int64_t)table[pos / bs] * bs + pos % bs) * row_bytes + (int64_t)h0 * p->head_dim * elem;
+}
+
+/* Scores of rows (member m0..m1-1's, every head) against keys from..to-1 (offset[pos - from]), those
+ * past `to` reading as zero rows. s rows are `padded` apart, indexed by key position. */
+static inline __attribute__((always_inline)) void score_keys(
+        const Problem *p, int d, const int64_t *offset, int from, int to, int m0, int m1, int heads, int group,
+        const void *const *q, float (*qs)[MAX_D], float *s, int padded, const int bf16) {
+    const int head_bytes = d * (bf16 ? 2 : 4), span = heads * head_bytes;
+    const char *kc = p->k_cache, *zero = (const char *)ZERO_ROW;
+    for (int start = from; start < to; start += CHUNK) {
         const int ahead = start + 2 * CHUNK;
-        load_ahead(kc, offset, ahead, ahead + CHUNK < num_keys ? ahead + CHUNK : num_keys, span);
+        if (ahead < to) load_ahead(kc, offset, ahead - from, (ahead + CHUNK < to ? ahead + CHUNK : to) - from, span);
         for (int hh = 0; hh < heads; hh++) {
             const void *krow[CHUNK];
             for (int t = 0; t < CHUNK; t++)
-                krow[t] = start + t < num_keys ? kc + offset[start + t] + hh * head_bytes : zero;
-            for (int i = 0; i < tokens * group; i++) {  /* rows of head hh */
+                krow[t] = start + t < to ? kc + offset[start + t - from] + hh * head_bytes : zero;
+            for (int i = m0 * group; i < m1 * group; i++) {  /* rows of head hh */
                 const int r = item_row(i, hh, heads, group);
                 float *sr = s + (int64_t)r * padded + start;
 #if defined(__AVX512BF16__)
@@ -417,17 +403,22 @@ static inline __attribute__((always_inline)) int attend_two_pass(const Problem *
             }
         }
     }
-    for (int r = 0; r < rows; r++) l[r] = softmax_row(s + (int64_t)r * padded, visible[r], padded, bf16);
+}
 
-    memset(acc, 0, acc_bytes);
+/* acc rows (member m0..m1-1's, every head) += P . V over keys from..to-1, 2 * CHUNK keys at a time. */
+static inline __attribute__((always_inline)) void add_values(
+        const Problem *p, int d, const int64_t *offset, int from, int to, int m0, int m1, int heads, int group,
+        const float *s, int padded, float *acc, const int bf16) {
+    const int elem = bf16 ? 2 : 4, head_bytes = d * elem, span = heads * head_bytes;
+    const char *vc = p->v_cache, *zero = (const char *)ZERO_ROW;
     const int step = bf16 ? 2 : 1;  /* keys per FMA: bfloat16 takes them in pairs */
-    for (int start = 0; start < num_keys; start += 2 * CHUNK) {
-        const int end = start + 2 * CHUNK < num_keys ? start + 2 * CHUNK : num_keys;
-        load_ahead(vc, offset, end, end + 2 * CHUNK < num_keys ? end + 2 * CHUNK : num_keys, span);
+    for (int start = from; start < to; start += 2 * CHUNK) {
+        const int end = start + 2 * CHUNK < to ? start + 2 * CHUNK : to;
+        if (end < to) load_ahead(vc, offset, end - from, (end + 2 * CHUNK < to ? end + 2 * CHUNK : to) - from, span);
         for (int hh = 0; hh < heads; hh++)
             for (int c = 0; c < d; c += 64)
-                for (int i0 = 0; i0 < tokens * group; i0 += 4) {  /* rows of head hh, four at a time */
-                    const int nr = tokens * group - i0 < 4 ? tokens * group - i0 : 4;
+                for (int i0 = m0 * group; i0 < m1 * group; i0 += 4) {  /* rows of head hh, four at a time */
+                    const int nr = m1 * group - i0 < 4 ? m1 * group - i0 : 4;
                     int row[4];
                     __m512 a[4][4];
                     for (int k = 0; k < nr; k++) {
@@ -435,11 +426,11 @@ static inline __attribute__((always_inline)) int attend_two_pass(const Problem *
                         for (int x = 0; x < 4; x++) a[k][x] = _mm512_loadu_ps(acc + (int64_t)row[k] * d + c + 16 * x);
                     }
                     for (int pos = start; pos < end; pos += step) {
-                        const char *v0 = vc + offset[pos] + hh * head_bytes + c * elem;
+                        const char *v0 = vc + offset[pos - from] + hh * head_bytes + c * elem;
                         __m512 u[4];
 #if defined(__AVX512BF16__)
                         if (bf16) {
-                            const char *v1 = pos + 1 < num_keys ? vc + offset[pos + 1] + hh * head_bytes + c * elem : zero;
+                            const char *v1 = pos + 1 < to ? vc + offset[pos + 1 - from] + hh * head_bytes + c * elem : zero;
                             const __m512i a0 = _mm512_loadu_si512(v0), a1 = _mm512_loadu_si512(v0 + 64);
                             const __m512i b0 = _mm512_loadu_si512(v1), b1 = _mm512_loadu_si512(v1 + 64);
                             /* (key pos, key pos + 1) pairs per column; the lane order is fixed up at the end */
@@ -465,10 +456,76 @@ static inline __attribute__((always_inline)) int attend_two_pass(const Problem *
                         for (int x = 0; x < 4; x++) _mm512_storeu_ps(acc + (int64_t)row[k] * d + c + 16 * x, a[k][x]);
                 }
     }
+}
+
+/* One work item in two passes, for float32 or bfloat16 (bf16) q and K/V, d a multiple of 64:
+ * every score of the item's rows first, then one softmax per row, then P.V. No per-chunk
+ * rescaling. bfloat16 uses AVX512-BF16 dot products and rounds P to bfloat16 for P.V, as torch's
+ * flash attention does; K/V are never converted.
+ *
+ * The item's query tokens are its members (a tile of one sequence's chunk, or decodes of several
+ * sequences) and its heads KV heads h0..h1-1; its rows are every query head of those heads' GQA
+ * groups, row r = (member * heads + head - h0) * group + g. Keys 0..common-1 are the same blocks
+ * for every member (member 0's table): they are read once for all rows. Each member's keys past
+ * `common` are its own. A row sees the same keys, in the same order and chunks, whichever item it
+ * is in, so its result does not depend on the batch. With all heads in one item (decodes) each
+ * chunk of keys reads whole token rows of the cache, which streams from memory far better than
+ * one head's slice of each row.
+ * Returns 0, writing nothing, when its scratch cannot be allocated (the caller falls back). */
+static inline __attribute__((always_inline)) int attend_two_pass(const Problem *p, int d, const Member *member,
+                                                                 int members, int h0, int h1, int common,
+                                                                 const int bf16) {
+    const int group = p->num_heads / p->num_kv_heads, heads = h1 - h0, rows = members * heads * group;
+    int max_keys = common, own_keys = 0;
+    for (int m = 0; m < members; m++) {
+        const int n = member_keys(p, member[m]);
+        max_keys = n > max_keys ? n : max_keys;
+        own_keys += n > common ? n - common : 0;
+    }
+    const int padded = (max_keys + 2 * CHUNK - 1) / (2 * CHUNK) * (2 * CHUNK);
+    const int elem = bf16 ? 2 : 4;
+    const size_t score_bytes = (size_t)rows * padded * sizeof(float), acc_bytes = (size_t)rows * d * sizeof(float);
+    char *mem = scratch_for(score_bytes + acc_bytes + (size_t)(common + own_keys) * sizeof(int64_t));
+    if (!mem) return 0;
+    float *s = (float *)mem, *acc = (float *)(mem + score_bytes);
+    int64_t *shared = (int64_t *)(mem + score_bytes + acc_bytes);  /* byte offset of key pos's first head */
+    int64_t *own[MAX_ROWS];  /* member m's keys from `common` on */
+    const void *q[MAX_ROWS];
+    float qs[bf16 ? 1 : MAX_ROWS][MAX_D];  /* float32 q rows times scale */
+    int keys[MAX_ROWS];
+    float l[MAX_ROWS];
+    for (int r = 0; r < rows; r++) {
+        const Member m = member[r / (heads * group)];
+        const int head = h0 + r / group % heads;
+        q[r] = (const char *)p->q + (((int64_t)(p->cu_q[m.b] + m.token) * p->num_heads + head * group + r % group) * d) * elem;
+        if (!bf16)
+            for (int i = 0; i < d; i++) qs[r][i] = ((const float *)q[r])[i] * p->scale;
+    }
+    key_offsets(p, member[0].b, 0, common, h0, shared);
+    int64_t *next = shared + common;
+    for (int m = 0; m < members; m++) {
+        keys[m] = member_keys(p, member[m]);
+        own[m] = next;
+        if (keys[m] > common) {
+            key_offsets(p, member[m].b, common, keys[m], h0, own[m]);
+            next += keys[m] - common;
+        }
+    }
+
+    score_keys(p, d, shared, 0, common, 0, members, heads, group, q, qs, s, padded, bf16);
+    for (int m = 0; m < members; m++)
+        score_keys(p, d, own[m], common, keys[m], m, m + 1, heads, group, q, qs, s, padded, bf16);
+    for (int r = 0; r < rows; r++) l[r] = softmax_row(s + (int64_t)r * padded, keys[r / (heads * group)], padded, bf16);
+
+    memset(acc, 0, acc_bytes);
+    add_values(p, d, shared, 0, common, 0, members, heads, group, s, padded, acc, bf16);
+    for (int m = 0; m < members; m++)
+        add_values(p, d, own[m], common, keys[m], m, m + 1, heads, group, s, padded, acc, bf16);
 
     for (int r = 0; r < rows; r++) {
-        const int token = tile_start + r / (heads * group), head = h0 + r / group % heads;
-        const int64_t o = ((int64_t)(q0 + token) * p->num_heads + head * group + r % group) * d;
+        const Member m = member[r / (heads * group)];
+        const int head = h0 + r / group % heads;
+        const int64_t o = ((int64_t)(p->cu_q[m.b] + m.token) * p->num_heads + head * group + r % group) * d;
         const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
         for (int c = 0; c < d; c += 64) {
             const float *lanes = acc + (int64_t)r * d + c;  /* four vectors of 16 */
@@ -489,80 +546,199 @@ static inline __attribute__((always_inline)) int attend_two_pass(const Problem *
 }
 #endif
 
-/* One work item: tokens tile_start..tile_end-1 of sequence b, KV heads h0..h1-1. */
-static void attend_item(const Problem *p, int b, int h0, int h1, int tile_start, int tile_end) {
+/* One work item: query tokens of `members` (see attend_two_pass), KV heads h0..h1-1; keys below
+ * `common` are the same blocks for all of them. */
+static void attend_item(const Problem *p, const Member *member, int members, int h0, int h1, int common) {
 #ifdef __AVX512F__
     const int d = p->head_dim;
     if (p->q_dtype == F32 && p->kv_dtype == F32 && d % 64 == 0 && d <= MAX_D) {
-        if (d == 64 ? attend_two_pass(p, 64, b, h0, h1, tile_start, tile_end, 0)
-                    : attend_two_pass(p, d, b, h0, h1, tile_start, tile_end, 0)) return;
+        if (d == 64 ? attend_two_pass(p, 64, member, members, h0, h1, common, 0)
+                    : attend_two_pass(p, d, member, members, h0, h1, common, 0)) return;
     }
 #if defined(__AVX512BF16__)
     if (p->q_dtype == BF16 && p->kv_dtype == BF16 && d % 64 == 0 && d <= MAX_D) {
-        if (d == 64 ? attend_two_pass(p, 64, b, h0, h1, tile_start, tile_end, 1)
-                    : attend_two_pass(p, d, b, h0, h1, tile_start, tile_end, 1)) return;
+        if (d == 64 ? attend_two_pass(p, 64, member, members, h0, h1, common, 1)
+                    : attend_two_pass(p, d, member, members, h0, h1, common, 1)) return;
     }
 #endif
 #endif
-    for (int h = h0; h < h1; h++)
-        switch (p->head_dim) {  /* the common head dims get fully unrolled inner loops */
-            case 64: attend_tile_d(p, 64, b, h, tile_start, tile_end); break;
-            case 128: attend_tile_d(p, 128, b, h, tile_start, tile_end); break;
-            default: attend_tile_d(p, p->head_dim, b, h, tile_start, tile_end);
-        }
+    for (int m = 0; m < members; m++) {  /* a tile's members are consecutive tokens of one sequence */
+        int end = m + 1;
+        while (end < members && member[end].b == member[m].b && member[end].token == member[end - 1].token + 1) end++;
+        for (int h = h0; h < h1; h++)
+            switch (p->head_dim) {  /* the common head dims get fully unrolled inner loops */
+                case 64: attend_tile_d(p, 64, member[m].b, h, member[m].token, member[end - 1].token + 1); break;
+                case 128: attend_tile_d(p, 128, member[m].b, h, member[m].token, member[end - 1].token + 1); break;
+                default: attend_tile_d(p, p->head_dim, member[m].b, h, member[m].token, member[end - 1].token + 1);
+            }
+        m = end - 1;
+    }
 }
 
 /* Limits the caller must respect (checked by the Python wrapper). */
 int paged_attention_max_head_dim(void) { return MAX_D; }
 int paged_attention_max_group(void) { return MAX_ROWS; }
 
-/* Returns 0, or -1 when the work list cannot be allocated (nothing is written then). */
-int paged_attention(const void *q, const void *k_cache, const void *v_cache, void *out,
-                     const int32_t *block_tables, int64_t table_stride, const int32_t *cu_q,
-                     const int32_t *ctx, int batch, int num_heads, int num_kv_heads, int head_dim,
-                     int block_size, float scale, int q_dtype, int kv_dtype, int num_threads) {
-    Problem p = {q, k_cache, v_cache, out, block_tables, cu_q, ctx, table_stride, num_heads, num_kv_heads,
-                 head_dim, block_size, q_dtype, kv_dtype, 0, scale};
+/* A work item: `count` members from member[first]; keys below `common` are the same blocks for all. */
+typedef struct {
+    int first, count, common;
+} Item;
+
+/* Leading keys that sequences b and c read from the same blocks. */
+static int shared_keys(const Problem *p, int b, int c) {
+    const int32_t *x = p->block_tables + (int64_t)b * p->table_stride, *y = p->block_tables + (int64_t)c * p->table_stride;
+    const int ctx = p->ctx[b] < p->ctx[c] ? p->ctx[b] : p->ctx[c];
+    int blocks = 0;
+    while ((int64_t)(blocks + 1) * p->block_size <= ctx && x[blocks] == y[blocks]) blocks++;
+    return blocks * p->block_size;
+}
+
+/* Decodes share items when they share at least this many leading keys. */
+#define SHARE_MIN_KEYS (4 * CHUNK)
+
+static int32_t first_block(const Problem *p, int b) { return p->block_tables[(int64_t)b * p->table_stride]; }
+
+/* seqs sorted by first block, then index (insertion sort: a batch holds a few hundred at most). */
+static void sort_by_first_block(const Problem *p, int *seqs, int n) {
+    for (int i = 1; i < n; i++) {
+        const int b = seqs[i];
+        int j = i;
+        for (; j > 0 && (first_block(p, seqs[j - 1]) > first_block(p, b)
+                         || (first_block(p, seqs[j - 1]) == first_block(p, b) && seqs[j - 1] > b)); j--)
+            seqs[j] = seqs[j - 1];
+        seqs[j] = b;
+    }
+}
+
+/* Splits a run of `n` decodes sharing a prefix into items of at most `limit` members, as many
+ * items as a multiple of the threads so that they spread evenly; returns the items written. */
+static int64_t share_run(const Problem *p, const int *seqs, int n, int limit, int threads, Member *member,
+                         int64_t *members, Item *items, int64_t k) {
+    int parts = (n + limit - 1) / limit;
+    parts = (parts + threads - 1) / threads * threads;
+    if (parts > n) parts = n;
+    for (int part = 0, done = 0; part < parts; part++) {
+        const int size = (n - done) / (parts - part);
+        int common = p->ctx[seqs[done]];
+        for (int i = done + 1; i < done + size; i++) {
+            const int keys = shared_keys(p, seqs[done], seqs[i]);
+            common = keys < common ? keys : common;
+        }
+        common = size > 1 ? common / (2 * CHUNK) * (2 * CHUNK) : p->ctx[seqs[done]];
+        items[k] = (Item){(int)*members, size, common};
+        for (int i = done; i < done + size; i++) member[(*members)++] = (Member){seqs[i], 0};
+        k++;
+        done += size;
+    }
+    return k;
+}
+
+/* The work items of a step: their members, and how many KV heads each takes. */
+typedef struct {
+    Member *member;
+    Item *items;
+    int64_t num_items;
+    int heads, shared_decodes;  /* decodes in items of several sequences */
+} Plan;
+
+static void free_plan(Plan *plan) {
+    free(plan->member);
+    free(plan->items);
+}
+
+/* Sets p->tile and fills plan; -1 when its memory cannot be allocated. */
+static int make_plan(Problem *p, int batch, int num_threads, int share_prefix, Plan *plan) {
+    const int32_t *cu_q = p->cu_q;
+    const int num_heads = p->num_heads;
     /* An item takes all KV heads of its tokens when that leaves work for every thread (decodes of a
      * batch): it then reads whole token rows of the cache. Otherwise one KV head. */
-    int heads = 1;
-    p.tile = MAX_ROWS / (num_heads / num_kv_heads);
+    plan->heads = 1;
+    p->tile = MAX_ROWS / (num_heads / p->num_kv_heads);
     if (num_heads <= MAX_ROWS) {
         const int tile = MAX_ROWS / num_heads;
         int64_t items = 0;
         for (int b = 0; b < batch; b++) items += (cu_q[b + 1] - cu_q[b] + tile - 1) / tile;
         if (items >= 4 * (int64_t)num_threads) {
-            heads = num_kv_heads;
-            p.tile = tile;
+            plan->heads = p->num_kv_heads;
+            p->tile = tile;
         }
     }
-    if (p.tile > 16) p.tile = 16;
+    if (p->tile > 16) p->tile = 16;
 
-    int64_t num_items = 0;
-    for (int b = 0; b < batch; b++) num_items += (cu_q[b + 1] - cu_q[b] + p.tile - 1) / p.tile;
-    int32_t *items = malloc(sizeof(int32_t) * 2 * (size_t)(num_items > 0 ? num_items : 1));
-    if (!items) return -1;
-    int64_t k = 0;
-    for (int b = 0; b < batch; b++)  /* tiles with the most keys (the last ones) first */
-        for (int t = (cu_q[b + 1] - cu_q[b] + p.tile - 1) / p.tile - 1; t >= 0; t--) {
-            items[2 * k] = b;
-            items[2 * k + 1] = t;
-            k++;
+    const int64_t num_members = cu_q[batch] - cu_q[0];
+    plan->member = malloc(sizeof(Member) * (size_t)(num_members > 0 ? num_members : 1));
+    plan->items = malloc(sizeof(Item) * (size_t)(num_members > 0 ? num_members : 1));
+    int *decodes = malloc(sizeof(int) * (size_t)(batch > 0 ? batch : 1));
+    if (!plan->member || !plan->items || !decodes) {
+        free_plan(plan);
+        free(decodes);
+        return -1;
+    }
+    int64_t k = 0, used = 0;
+    int num_decodes = 0;
+    /* Sharing needs all heads in an item (the two-pass path then reads whole token rows). */
+    const int sharing = share_prefix && plan->heads == p->num_kv_heads && num_heads <= MAX_ROWS / 2;
+    for (int b = 0; b < batch; b++) {
+        const int q_len = cu_q[b + 1] - cu_q[b];
+        if (sharing && q_len == 1) {
+            decodes[num_decodes++] = b;
+            continue;
         }
+        for (int t = (q_len + p->tile - 1) / p->tile - 1; t >= 0; t--) {  /* tiles with the most keys first */
+            const int start = t * p->tile, end = start + p->tile < q_len ? start + p->tile : q_len;
+            plan->items[k++] = (Item){(int)used, end - start, 0};
+            for (int token = start; token < end; token++) plan->member[used++] = (Member){b, token};
+            plan->items[k - 1].common = member_keys(p, plan->member[used - 1]);
+        }
+    }
+    plan->shared_decodes = 0;
+    sort_by_first_block(p, decodes, num_decodes);
+    for (int i = 0; i < num_decodes;) {
+        int end = i + 1;
+        while (end < num_decodes && shared_keys(p, decodes[i], decodes[end]) >= SHARE_MIN_KEYS) end++;
+        k = share_run(p, decodes + i, end - i, MAX_ROWS / num_heads, num_threads, plan->member, &used, plan->items, k);
+        plan->shared_decodes += end - i > 1 ? end - i : 0;
+        i = end;
+    }
+    free(decodes);
+    plan->num_items = k;
+    return 0;
+}
 
-    const int head_groups = num_kv_heads / heads;
-    const int64_t total = num_items * head_groups;
+/* Returns 0, or -1 when the work list cannot be allocated (nothing is written then).
+ * share_prefix: decodes whose sequences read the same leading blocks share work items, which read
+ * those blocks once for all of them (the same result, row for row, as one item each). */
+int paged_attention(const void *q, const void *k_cache, const void *v_cache, void *out,
+                     const int32_t *block_tables, int64_t table_stride, const int32_t *cu_q,
+                     const int32_t *ctx, int batch, int num_heads, int num_kv_heads, int head_dim,
+                     int block_size, float scale, int q_dtype, int kv_dtype, int num_threads, int share_prefix) {
+    Problem p = {q, k_cache, v_cache, out, block_tables, cu_q, ctx, table_stride, num_heads, num_kv_heads,
+                 head_dim, block_size, q_dtype, kv_dtype, 0, scale};
+    Plan plan;
+    if (make_plan(&p, batch, num_threads, share_prefix, &plan)) return -1;
+    const int head_groups = num_kv_heads / plan.heads;
+    const int64_t total = plan.num_items * head_groups;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
     for (int64_t w = 0; w < total; w++) {
-        const int64_t item = w / head_groups;
-        const int h0 = (int)(w % head_groups) * heads;
-        const int b = items[2 * item], t = items[2 * item + 1];
-        const int q_len = cu_q[b + 1] - cu_q[b];
-        const int start = t * p.tile, end = start + p.tile < q_len ? start + p.tile : q_len;
-        attend_item(&p, b, h0, h0 + heads, start, end);
+        const Item item = plan.items[w / head_groups];
+        const int h0 = (int)(w % head_groups) * plan.heads;
+        attend_item(&p, plan.member + item.first, item.count, h0, h0 + plan.heads, item.common);
     }
-    free(items);
+    free_plan(&plan);
     return 0;
+}
+
+/* How many decodes paged_attention would put in items shared with other sequences (-1: no memory). */
+int paged_attention_shared_decodes(const int32_t *block_tables, int64_t table_stride, const int32_t *cu_q,
+                                   const int32_t *ctx, int batch, int num_heads, int num_kv_heads, int block_size,
+                                   int num_threads) {
+    Problem p = {0};
+    p.block_tables = block_tables, p.table_stride = table_stride, p.cu_q = cu_q, p.ctx = ctx;
+    p.num_heads = num_heads, p.num_kv_heads = num_kv_heads, p.block_size = block_size;
+    Plan plan;
+    if (make_plan(&p, batch, num_threads, 1, &plan)) return -1;
+    free_plan(&plan);
+    return plan.shared_decodes;
 }
 
 /* The step's new key/value rows [n, Hkv, D] (row i at key + i * key_stride elements, heads

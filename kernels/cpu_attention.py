@@ -25,7 +25,10 @@ def _library() -> ctypes.CDLL | str:
     if not isinstance(lib, str):
         lib.paged_attention.restype = ctypes.c_int
         lib.paged_attention.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
-            [ctypes.c_int] * 5 + [ctypes.c_float] + [ctypes.c_int] * 3
+            [ctypes.c_int] * 5 + [ctypes.c_float] + [ctypes.c_int] * 4
+        lib.paged_attention_shared_decodes.restype = ctypes.c_int
+        lib.paged_attention_shared_decodes.argtypes = [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
+            [ctypes.c_int] * 5
         lib.store_kv.restype = ctypes.c_int
         lib.store_kv.argtypes = [ctypes.c_void_p, ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3 + \
             [ctypes.c_int, ctypes.c_int64, ctypes.c_int, ctypes.c_int]
@@ -72,8 +75,12 @@ def _check(lib, q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens) -
             raise KernelInputError(f"{name} must be int32, got {t.dtype}")
 
 
-def paged_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale: float) -> torch.Tensor:
-    """``attention_ref.paged_attention_ref`` in native code; returns ``[N, Hq, D]`` in q's dtype."""
+def paged_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale: float,
+                    share_prefix: bool = True) -> torch.Tensor:
+    """``attention_ref.paged_attention_ref`` in native code; returns ``[N, Hq, D]`` in q's dtype.
+
+    ``share_prefix``: decodes whose block tables start with the same blocks (a shared prompt, from
+    the prefix cache) read those blocks once for all of them. Each row's result is the same either way."""
     lib = _library()
     if isinstance(lib, str):
         raise KernelInputError(f"the native CPU attention kernel is unavailable: {lib}")
@@ -86,11 +93,22 @@ def paged_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_len
     status = lib.paged_attention(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), out.data_ptr(),
                                  tables.data_ptr(), tables.stride(0), cu.data_ptr(), ctx.data_ptr(), cu.numel() - 1,
                                  q.shape[1], k_cache.shape[2], q.shape[2], k_cache.shape[1], float(scale),
-                                 DTYPES[q.dtype], DTYPES[k_cache.dtype], torch.get_num_threads())
+                                 DTYPES[q.dtype], DTYPES[k_cache.dtype], torch.get_num_threads(), int(share_prefix))
     if status != 0:
         raise MemoryError("the native CPU attention kernel could not allocate its work list")
     return out
 
+
+def shared_decodes(q, k_cache, block_tables, cu_seqlens_q, context_lens) -> int:
+    """How many decodes ``paged_attention`` (with ``share_prefix``) puts in work items shared with
+    sequences that read the same leading blocks, at the current thread count."""
+    lib = _library()
+    if isinstance(lib, str):
+        raise KernelInputError(f"the native CPU attention kernel is unavailable: {lib}")
+    tables, cu, ctx = block_tables.contiguous(), cu_seqlens_q.contiguous(), context_lens.contiguous()
+    return lib.paged_attention_shared_decodes(tables.data_ptr(), tables.stride(0), cu.data_ptr(), ctx.data_ptr(),
+                                              cu.numel() - 1, q.shape[1], k_cache.shape[2], k_cache.shape[1],
+                                              torch.get_num_threads())
 
 
 def store_kv(key, value, k_cache, v_cache, slot_mapping) -> None:

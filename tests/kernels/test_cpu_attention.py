@@ -115,3 +115,64 @@ def test_store_kv_writes_what_the_reference_writes(dtype):
     with pytest.raises(KernelInputError, match="past the cache"):
         cpu_attention.store_kv(key, value, *caches, torch.tensor([0, 1, 2, 3, num_blocks * block_size]))
     assert all(torch.equal(a, b) for a, b in zip(caches, expected))  # nothing written
+
+
+def shared_prompt_batch(groups, block_size, num_kv_heads, head_dim, dtype, seed=0):
+    """Block tables where each group's sequences start with the same `shared` blocks (a prompt
+    served from the prefix cache) and go on in blocks of their own: groups of (shared, [contexts])."""
+    gen = torch.Generator().manual_seed(seed)
+    contexts = [n for _, lens in groups for n in lens]
+    max_blocks = max(-(-n // block_size) for n in contexts)
+    num_blocks = sum(shared + sum(-(-n // block_size) - shared for n in lens) for shared, lens in groups)
+    free = torch.randperm(num_blocks, generator=gen).tolist()
+    rows = []
+    for shared, lens in groups:
+        prefix = [free.pop() for _ in range(shared)]
+        rows += [prefix + [free.pop() for _ in range(-(-n // block_size) - shared)] for n in lens]
+    tables = torch.tensor([r + [-1] * (max_blocks - len(r)) for r in rows], dtype=torch.int32)
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache, v_cache = (torch.randn(shape, generator=gen).to(dtype) for _ in range(2))
+    return k_cache, v_cache, tables, torch.tensor(contexts, dtype=torch.int32)
+
+
+# Decodes over two prompts of 8 and 20 blocks, one sequence whose context is the shared prompt plus
+# its first token, a group sharing 2 blocks (too few to share items), and strangers.
+SHARED_GROUPS = [(8, [129, 130, 150, 200, 257, 300, 140, 133, 129, 160, 170, 180, 190]),
+                 (20, [321, 330, 400, 401, 500, 333, 340]), (2, [40, 60, 80]), (0, [50, 77, 300])]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decodes_sharing_a_prompt_read_it_once_with_the_same_result(dtype, threads):
+    """Decodes over the same leading blocks go several to a work item; every row comes out bit for
+    bit as when each sequence has its own item, and matches the reference."""
+    num_kv_heads, group, head_dim = 3, 3, 64
+    k_cache, v_cache, tables, ctx = shared_prompt_batch(SHARED_GROUPS, 16, num_kv_heads, head_dim, dtype)
+    n = len(ctx)
+    q = fused_query(n, group * num_kv_heads, num_kv_heads, head_dim, dtype, seed=3)
+    cu = torch.arange(n + 1, dtype=torch.int32)
+    args = (q, k_cache, v_cache, tables, cu, ctx, head_dim**-0.5)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        assert cpu_attention.shared_decodes(q, k_cache, tables, cu, ctx) == 13 + 7
+        shared = cpu_attention.paged_attention(*args)
+        alone = cpu_attention.paged_attention(*args, share_prefix=False)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(shared, alone)
+    assert_close(shared, naive_attention(*args), dtype)
+
+
+def test_only_decodes_of_batches_with_work_for_every_thread_share():
+    """Two decodes keep an item each (the threads split their heads instead); beside a prompt's
+    chunk, the decodes share items and the chunk keeps its own tiles."""
+    k_cache, v_cache, tables, ctx = shared_prompt_batch([(8, [200, 210])], 16, 3, 64, torch.float32)
+    q = fused_query(2, 9, 3, 64, torch.float32)
+    assert cpu_attention.shared_decodes(q, k_cache, tables, torch.arange(3, dtype=torch.int32), ctx) == 0
+    k_cache, v_cache, tables, ctx = shared_prompt_batch([(8, [200] * 12)], 16, 3, 64, torch.float32)
+    cu = torch.tensor([0, 40] + list(range(41, 52)), dtype=torch.int32)  # the first: a 40-token chunk
+    q = fused_query(51, 9, 3, 64, torch.float32)
+    assert cpu_attention.shared_decodes(q, k_cache, tables, cu, ctx) == 11
+    out = cpu_attention.paged_attention(q, k_cache, v_cache, tables, cu, ctx, 0.125)
+    assert_close(out, naive_attention(q, k_cache, v_cache, tables, cu, ctx, 0.125), torch.float32)
