@@ -22,6 +22,9 @@ without and with it) driven by the BARE paper's client
 pattern, a thread pool of 32 where each candidate makes a ``/v1/completions`` base call and then,
 when the base output parses, a ``/v1/chat/completions`` refine call, with the same prompts (built by
 bare-engine's own StagePlanner) and sampling parameters, unseeded as the paper's code runs.
+Sampled, the two systems write different candidates of different lengths; ``--equal-work`` makes
+both stages greedy and draws each candidate's shots (distinct prompts), so that in float32 both
+generate the same tokens and the times compare the engines alone.
 """
 
 from __future__ import annotations
@@ -144,11 +147,20 @@ def measure(args, dtype: str, vllm_python: str | None) -> dict:
     return result
 
 
+# --equal-work: the preset's prompts with shots drawn per candidate (distinct prompts), both stages greedy.
+EQUAL_WORK = {"seed_order": "shuffle", "sampling.base.temperature": 0.0, "sampling.refine.temperature": 0.0}
+
+
 def bare_job_bare(args, out: Path) -> dict:
     command = [str(Path(sys.executable).with_name("bare-engine")), "run", "--preset", "gsm8k", "--base", str(args.model),
                "--instruct", str(args.model), "--num", str(args.bare_job), "--max-candidates", str(args.bare_job),
                "--base-max-tokens", str(args.job_max_tokens), "--refine-max-tokens", str(args.job_max_tokens),
                "--dtype", args.dtype[0], "--device", "cpu", "--out", str(out), "--no-progress"]
+    if args.equal_work:
+        from bare_engine.pipeline.config import config_keys
+
+        flag = {key.dotted: key.flag for key in config_keys()}
+        command += [f"--{flag[key]}={value}" for key, value in EQUAL_WORK.items()]
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=thread_env(args.threads), timeout=args.timeout)
     seconds = time.perf_counter() - start
@@ -174,9 +186,11 @@ def bare_job_vllm(args, vllm_python: str) -> dict:
     from bare_engine.pipeline.seeds import load_seeds
     from bare_engine.pipeline.stages import StagePlanner
 
-    cfg = load_config(None, {"preset": "gsm8k", "base": str(args.model), "instruct": str(args.model),
-                             "num": args.bare_job, "sampling.base.max_tokens": args.job_max_tokens,
-                             "sampling.refine.max_tokens": args.job_max_tokens})
+    overrides = {"preset": "gsm8k", "base": str(args.model), "instruct": str(args.model), "num": args.bare_job,
+                 "sampling.base.max_tokens": args.job_max_tokens, "sampling.refine.max_tokens": args.job_max_tokens}
+    if args.equal_work:
+        overrides |= EQUAL_WORK
+    cfg = load_config(None, overrides)
     tokenizer = load_tokenizer(args.model)
     planner = StagePlanner(cfg, load_seeds(cfg.seeds, cfg.fields, cfg.id_field, cfg.k), lambda _: tokenizer)
     with socket.socket() as s:
@@ -261,7 +275,7 @@ def bare_job(args, vllm_python: str | None) -> dict:
             print(f"bare job round {r + 1} vLLM: {rounds['vllm'][-1]}", flush=True)
     median = {k: statistics.median(x["seconds"] for x in v) for k, v in rounds.items() if v}
     result = {"candidates": args.bare_job, "max_tokens": args.job_max_tokens, "dtype": args.dtype[0],
-              "rounds": rounds, "median_seconds": median}
+              "equal_work": args.equal_work, "rounds": rounds, "median_seconds": median}
     if "vllm" in median:
         result["speedup_bare_over_vllm"] = median["vllm"] / median["bare_engine"]
         # What a user waits for from typing the command to the last record: bare-engine's time already
@@ -322,6 +336,9 @@ def main() -> None:
     parser.add_argument("--bare-job", type=int, default=0, metavar="N",
                         help="Run the BARE job end to end with N candidates instead of the throughput workload.")
     parser.add_argument("--job-max-tokens", type=int, default=256, help="--bare-job: max_tokens of both stages.")
+    parser.add_argument("--equal-work", action="store_true",
+                        help="--bare-job: greedy stages and shots drawn per candidate (EQUAL_WORK), so that both "
+                             "systems generate the same tokens (in float32) and the times compare the engines alone.")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: benchmarks/results/peer_vllm_cpu.json (peer_vllm_bare_job_cpu.json with --bare-job)")
     args = parser.parse_args()

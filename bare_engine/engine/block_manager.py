@@ -2,7 +2,9 @@
 
 A full block is identified by a chained hash of (previous block's hash, its tokens),
 seeded with a per-model salt so two models sharing a pool never match each other's
-blocks. A hit is verified against the block's actual tokens. Freed blocks keep their
+blocks. A hit is verified against the block's actual tokens. The scheduler registers a prompt's
+blocks as it schedules their computation, so identical prompts admitted in the same step share
+them too (see scheduler.py). Freed blocks keep their
 contents and hash until they are reused, least recently freed first, so a later
 request (or a preempted one coming back) can still hit them.
 """
@@ -98,11 +100,12 @@ class BlockManager:
         block.ref_count = 1
         return block_id
 
-    def commit(self, seq: Sequence, salt: str) -> None:
-        """Register the hashes of ``seq``'s blocks that became full and computed since the last call."""
+    def commit(self, seq: Sequence, salt: str, num_tokens: int | None = None) -> None:
+        """Register the hashes of ``seq``'s blocks that are full within its first ``num_tokens`` tokens
+        (default: its computed ones) since the last call."""
         if not self.enable_prefix_caching:
             return
-        full = seq.num_computed_tokens // self.block_size
+        full = (seq.num_computed_tokens if num_tokens is None else num_tokens) // self.block_size
         done = seq.num_hashed_blocks
         if full <= done:
             return

@@ -10,6 +10,11 @@ Each step runs one model's batch. Within a model:
    original arrival, so they resume before newer requests), with prefix-cache hits,
    while the budget, ``max_num_seqs`` and free blocks allow. Blocks needed by older
    waiting sequences of another model on the same pool are held back for them.
+
+Prompt blocks enter the prefix cache when their computation is scheduled, not after it ran (as
+vLLM does): a step writes every layer's new K/V before that layer's attention reads any, so a
+prompt admitted later in the same step can already read them. The BARE job's 32 identical
+few-shot prompts then cost one prefill, not one per request admitted in the first step.
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ class Scheduler:
                 continue
             scheduled.append(seq)
             counts.append(num_tokens)
+            pool.commit(seq, model, min(target, len(seq.token_ids)))
             budget -= num_tokens
             if budget == 0:
                 break
@@ -153,6 +159,7 @@ class Scheduler:
             waiting.pop(0)
             pool.take_prefix(seq, hits)
             pool.grow(seq, cached + num_tokens)
+            pool.commit(seq, model, min(cached + num_tokens, len(seq.token_ids)))
             seq.status = SequenceStatus.RUNNING
             if running and seq.arrival < next(reversed(running)).arrival:
                 self._unsorted.add(model)

@@ -78,3 +78,28 @@ def test_abort_frees_blocks(model_dir):
     assert not engine.has_unfinished_requests()
     pool = engine.scheduler.pools["default"]
     assert pool.num_free_blocks == pool.num_blocks
+
+
+@pytest.mark.parametrize("budget", [2048, 40])
+def test_identical_prompts_admitted_together_compute_their_blocks_once(model_dir, budget):
+    """A prompt's blocks enter the prefix cache when their computation is scheduled, so a copy of
+    the prompt admitted later in the same step reads them as that step writes them; its output is
+    the one the prompt gets alone. With a small budget the first prompt arrives in chunks and each
+    copy joins as soon as the budget has room, hitting every block scheduled so far."""
+    prompt = prompts(1, seed=7)[0] * 3 + [5] * 11  # 74 tokens: 4 full blocks and a tail
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    alone = LLM(model_dir, block_size=16).generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids
+    engine = LLMEngine(model_dir, EngineConfig(block_size=16, max_num_batched_tokens=budget))
+    for i in range(4):
+        engine.add_request(f"r{i}", prompt, params)
+    computed = 0
+    done = {}
+    while engine.has_unfinished_requests():
+        batch = engine.scheduler.schedule("default")
+        computed += sum(n for s, n in zip(batch.seqs, batch.num_new_tokens) if s.num_computed_tokens < len(prompt))
+        for out in engine.steps.run_batch(batch):
+            done[out.request_id] = out.outputs[0].token_ids
+    full_blocks = (len(prompt) - 1) // 16
+    copies_compute = len(prompt) - full_blocks * 16
+    assert computed <= len(prompt) + 3 * copies_compute + 3 * 16  # not 4 whole prefills
+    assert all(tokens == alone for tokens in done.values()) and len(done) == 4
