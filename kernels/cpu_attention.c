@@ -125,7 +125,7 @@ typedef struct {
     void *out;
     const int32_t *block_tables, *cu_q, *ctx;
     int64_t table_stride;
-    int num_heads, num_kv_heads, head_dim, block_size, q_dtype, kv_dtype, tile;
+    int num_heads, num_kv_heads, head_dim, block_size, q_dtype, kv_dtype;
     float scale;
 } Problem;
 
@@ -646,24 +646,24 @@ static void free_plan(Plan *plan) {
     free(plan->items);
 }
 
-/* Sets p->tile and fills plan; -1 when its memory cannot be allocated. */
-static int make_plan(Problem *p, int batch, int num_threads, int share_prefix, Plan *plan) {
+/* Fills plan; -1 when its memory cannot be allocated. */
+static int make_plan(const Problem *p, int batch, int num_threads, int share_prefix, Plan *plan) {
     const int32_t *cu_q = p->cu_q;
     const int num_heads = p->num_heads;
     /* An item takes all KV heads of its tokens when that leaves work for every thread (decodes of a
      * batch): it then reads whole token rows of the cache. Otherwise one KV head. */
     plan->heads = 1;
-    p->tile = MAX_ROWS / (num_heads / p->num_kv_heads);
+    int tile = MAX_ROWS / (num_heads / p->num_kv_heads);  /* query tokens an item takes */
     if (num_heads <= MAX_ROWS) {
-        const int tile = MAX_ROWS / num_heads;
+        const int all_heads_tile = MAX_ROWS / num_heads;
         int64_t items = 0;
-        for (int b = 0; b < batch; b++) items += (cu_q[b + 1] - cu_q[b] + tile - 1) / tile;
+        for (int b = 0; b < batch; b++) items += (cu_q[b + 1] - cu_q[b] + all_heads_tile - 1) / all_heads_tile;
         if (items >= 4 * (int64_t)num_threads) {
             plan->heads = p->num_kv_heads;
-            p->tile = tile;
+            tile = all_heads_tile;
         }
     }
-    if (p->tile > 16) p->tile = 16;
+    if (tile > 16) tile = 16;
 
     const int64_t num_members = cu_q[batch] - cu_q[0];
     plan->member = malloc(sizeof(Member) * (size_t)(num_members > 0 ? num_members : 1));
@@ -684,8 +684,8 @@ static int make_plan(Problem *p, int batch, int num_threads, int share_prefix, P
             decodes[num_decodes++] = b;
             continue;
         }
-        for (int t = (q_len + p->tile - 1) / p->tile - 1; t >= 0; t--) {  /* tiles with the most keys first */
-            const int start = t * p->tile, end = start + p->tile < q_len ? start + p->tile : q_len;
+        for (int t = (q_len + tile - 1) / tile - 1; t >= 0; t--) {  /* tiles with the most keys first */
+            const int start = t * tile, end = start + tile < q_len ? start + tile : q_len;
             plan->items[k++] = (Item){(int)used, end - start, 0};
             for (int token = start; token < end; token++) plan->member[used++] = (Member){b, token};
             plan->items[k - 1].common = member_keys(p, plan->member[used - 1]);
@@ -713,7 +713,7 @@ int paged_attention(const void *q, const void *k_cache, const void *v_cache, voi
                      const int32_t *ctx, int batch, int num_heads, int num_kv_heads, int head_dim,
                      int block_size, float scale, int q_dtype, int kv_dtype, int num_threads, int share_prefix) {
     Problem p = {q, k_cache, v_cache, out, block_tables, cu_q, ctx, table_stride, num_heads, num_kv_heads,
-                 head_dim, block_size, q_dtype, kv_dtype, 0, scale};
+                 head_dim, block_size, q_dtype, kv_dtype, scale};
     Plan plan;
     if (make_plan(&p, batch, num_threads, share_prefix, &plan)) return -1;
     const int head_groups = num_kv_heads / plan.heads;

@@ -75,15 +75,21 @@ def _check(lib, q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens) -
             raise KernelInputError(f"{name} must be int32, got {t.dtype}")
 
 
+def _built() -> ctypes.CDLL:
+    """The kernel's library; KernelInputError when it could not be built."""
+    lib = _library()
+    if isinstance(lib, str):
+        raise KernelInputError(f"the native CPU attention kernel is unavailable: {lib}")
+    return lib
+
+
 def paged_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale: float,
                     share_prefix: bool = True) -> torch.Tensor:
     """``attention_ref.paged_attention_ref`` in native code; returns ``[N, Hq, D]`` in q's dtype.
 
     ``share_prefix``: decodes whose block tables start with the same blocks (a shared prompt, from
     the prefix cache) read those blocks once for all of them. Each row's result is the same either way."""
-    lib = _library()
-    if isinstance(lib, str):
-        raise KernelInputError(f"the native CPU attention kernel is unavailable: {lib}")
+    lib = _built()
     _check(lib, q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens)
     q = q.contiguous()
     tables, cu, ctx = block_tables.contiguous(), cu_seqlens_q.contiguous(), context_lens.contiguous()
@@ -102,9 +108,7 @@ def paged_attention(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_len
 def shared_decodes(q, k_cache, block_tables, cu_seqlens_q, context_lens) -> int:
     """How many decodes ``paged_attention`` (with ``share_prefix``) puts in work items shared with
     sequences that read the same leading blocks, at the current thread count."""
-    lib = _library()
-    if isinstance(lib, str):
-        raise KernelInputError(f"the native CPU attention kernel is unavailable: {lib}")
+    lib = _built()
     tables, cu, ctx = block_tables.contiguous(), cu_seqlens_q.contiguous(), context_lens.contiguous()
     return lib.paged_attention_shared_decodes(tables.data_ptr(), tables.stride(0), cu.data_ptr(), ctx.data_ptr(),
                                               cu.numel() - 1, q.shape[1], k_cache.shape[2], k_cache.shape[1],

@@ -102,10 +102,12 @@ class BlockManager:
 
     def commit(self, seq: Sequence, salt: str, num_tokens: int | None = None) -> None:
         """Register the hashes of ``seq``'s blocks that are full within its first ``num_tokens`` tokens
-        (default: its computed ones) since the last call."""
+        (default: its computed ones) since the last call. Only tokens known on the host count: a
+        token still pending on the device is not in ``token_ids`` yet."""
         if not self.enable_prefix_caching:
             return
-        full = (seq.num_computed_tokens if num_tokens is None else num_tokens) // self.block_size
+        wanted = seq.num_computed_tokens if num_tokens is None else num_tokens
+        full = min(wanted, len(seq.token_ids)) // self.block_size
         done = seq.num_hashed_blocks
         if full <= done:
             return

@@ -106,7 +106,7 @@ class Scheduler:
                 continue
             scheduled.append(seq)
             counts.append(num_tokens)
-            pool.commit(seq, model, min(target, len(seq.token_ids)))
+            pool.commit(seq, model, target)
             budget -= num_tokens
             if budget == 0:
                 break
@@ -159,7 +159,7 @@ class Scheduler:
             waiting.pop(0)
             pool.take_prefix(seq, hits)
             pool.grow(seq, cached + num_tokens)
-            pool.commit(seq, model, min(cached + num_tokens, len(seq.token_ids)))
+            pool.commit(seq, model, cached + num_tokens)
             seq.status = SequenceStatus.RUNNING
             if running and seq.arrival < next(reversed(running)).arrival:
                 self._unsorted.add(model)

@@ -1,5 +1,7 @@
 """The CPU KV pool: zeros from fresh pages, one independent tensor per layer and K/V."""
 
+import gc
+
 import pytest
 import torch
 
@@ -22,8 +24,6 @@ def test_cpu_pool_is_zero_contiguous_and_independent(dtype):
 
 def test_cpu_pool_outlives_its_allocation_scope():
     k, v = allocate_kv_cache(1, 2, 16, 1, 4, torch.float32, torch.device("cpu"))[0]
-    import gc
-
     gc.collect()
     k[1, 3] = 2.5
     assert float(k.sum()) == 2.5 * 4 and not v.any()
